@@ -1,0 +1,377 @@
+"""Numba CPU kernels of the tile rasterizer for projected 2D Gaussians.
+
+Everything here works on float64 numpy arrays in *output pixel* coordinates (pixel (i, j) has its
+centre at (j + 0.5, i + 0.5)) and is called only through :mod:`air_core.raster2d.cpu`.
+
+Per Gaussian g the kernels take its mean (mx, my), its conic (a, b, c) = Sigma^-1 entries, its
+colour (C channels) and its opacity o. With d = p - mu and q = d^T Sigma^-1 d:
+
+    raw weight  v = o * exp(-q / 2)
+    "sum"   mode: w = min(1, v),    I(p)  = sum_g c_g w_g(p)          (GaussianImage / AIR)
+    "alpha" mode: alpha = min(0.99, v), front-to-back blending in list order, early stop when the
+                  transmittance would fall to <= 1e-4 (3DGS / gsplat), background added with T.
+
+A term is skipped when v < 1/255, i.e. when q > Q_g = 2 ln(255 o_g). Each Gaussian is visited only
+on the pixels of its ellipse q <= Q_g: tiles give the parallel work units and every image row of a
+tile is clipped to the exact span where the ellipse is crossed (the solution of a quadratic), then
+tested per pixel, so the work is the number of contributing Gaussian-pixel pairs plus a one-pixel
+margin per row. There is no cap on the number of Gaussians per tile.
+
+Image-space derivatives (Niedermayr et al. 2025, "Lightweight Gradient-Aware Upscaling of 3D
+Gaussian Splatting Images"): g = -q/2, g_x = -(a dx + b dy), g_y = -(b dx + c dy), g_xy = -b,
+w_x = w g_x, w_y = w g_y, w_xy = w (g_x g_y + g_xy), zero where the weight is clamped. Alpha mode
+uses the front-to-back recurrences on the accumulated alpha A = 1 - T and its derivatives.
+
+Backward passes accumulate per-Gaussian gradients in a fixed number of chunk-private buffers that
+are summed in a fixed order, so the result does not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+LOG255_2 = 2.0 * math.log(255.0)
+MIN_WEIGHT = 1.0 / 255.0
+ALPHA_CAP = 0.99
+T_STOP = 1e-4
+N_GRAD_CHUNKS = 16  # fixed -> deterministic reduction whatever the thread count
+N_FWD_CHUNKS = 64
+
+
+@njit(cache=True)
+def extents(conics, opacities):
+    """Per-Gaussian cut-off Q = 2 ln(255 o) and bounding half-extents (rx, ry) in pixels.
+
+    Returns Q [N] (negative when the Gaussian never reaches 1/255), rx [N], ry [N].
+    """
+    n = conics.shape[0]
+    qmax = np.empty(n)
+    rx = np.zeros(n)
+    ry = np.zeros(n)
+    for g in range(n):
+        o = opacities[g]
+        q = math.log(255.0 * o) * 2.0 if o > 0.0 else -1.0
+        a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
+        det = a * c - b * b
+        if q <= 0.0 or det <= 0.0 or a <= 0.0:
+            qmax[g] = -1.0
+            continue
+        qmax[g] = q
+        rx[g] = math.sqrt(q * c / det)
+        ry[g] = math.sqrt(q * a / det)
+    return qmax, rx, ry
+
+
+@njit(cache=True)
+def bin_tiles(means, qmax, rx, ry, height, width, tile):
+    """Tile binning: for each tile, the ids of the Gaussians whose bounding box touches it, in
+    list order. No cap per tile.
+
+    Returns (offsets [T + 1] int64, ids [M] int64, tiles_x, tiles_y); tile t = ty * tiles_x + tx owns
+    ids[offsets[t]:offsets[t + 1]].
+    """
+    n = means.shape[0]
+    tiles_x = (width + tile - 1) // tile
+    tiles_y = (height + tile - 1) // tile
+    nt = tiles_x * tiles_y
+    rect = np.empty((n, 4), dtype=np.int64)
+    counts = np.zeros(nt + 1, dtype=np.int64)
+    for g in range(n):
+        rect[g, 0] = 1  # empty range unless the Gaussian touches the image
+        rect[g, 1] = 0
+        rect[g, 2] = 1
+        rect[g, 3] = 0
+        if qmax[g] <= 0.0 or not (math.isfinite(means[g, 0]) and math.isfinite(means[g, 1])):
+            continue
+        # pixel j is a candidate when |j + 0.5 - mx| <= rx (+1 pixel margin)
+        j0 = max(0, int(math.floor(means[g, 0] - rx[g] - 0.5)))
+        j1 = min(width - 1, int(math.ceil(means[g, 0] + rx[g] - 0.5)))
+        i0 = max(0, int(math.floor(means[g, 1] - ry[g] - 0.5)))
+        i1 = min(height - 1, int(math.ceil(means[g, 1] + ry[g] - 0.5)))
+        if j0 > j1 or i0 > i1:
+            continue
+        tx0, tx1, ty0, ty1 = j0 // tile, j1 // tile, i0 // tile, i1 // tile
+        rect[g, 0] = tx0
+        rect[g, 1] = tx1
+        rect[g, 2] = ty0
+        rect[g, 3] = ty1
+        for ty in range(ty0, ty1 + 1):
+            for tx in range(tx0, tx1 + 1):
+                counts[ty * tiles_x + tx + 1] += 1
+    for t in range(nt):
+        counts[t + 1] += counts[t]
+    ids = np.empty(counts[nt], dtype=np.int64)
+    fill = counts[:nt].copy()
+    for g in range(n):
+        for ty in range(rect[g, 2], rect[g, 3] + 1):
+            for tx in range(rect[g, 0], rect[g, 1] + 1):
+                t = ty * tiles_x + tx
+                ids[fill[t]] = g
+                fill[t] += 1
+    return counts, ids, tiles_x, tiles_y
+
+
+@njit(inline="always")
+def _row_span(mx, my, a, b, c, q, i, x0, x1):
+    """Columns [j0, j1] of row i (clipped to [x0, x1)) that may lie inside q(d) <= Q; j0 > j1 if none."""
+    dy = i + 0.5 - my
+    det = a * c - b * b
+    disc = a * q - det * dy * dy
+    if disc < 0.0:
+        return 1, 0
+    s = math.sqrt(disc)
+    lo = mx + (-b * dy - s) / a
+    hi = mx + (-b * dy + s) / a
+    j0 = max(x0, int(math.floor(lo - 0.5)))
+    j1 = min(x1 - 1, int(math.ceil(hi - 0.5)))
+    return j0, j1
+
+
+@njit(parallel=True, cache=True)
+def forward(means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x, tiles_y,
+            height, width, tile, alpha_mode, want_derivs):
+    """Render. Returns image [H, W, C], transmittance T [H, W] (1 in sum mode), last [H, W] (index
+    into ``ids`` of the last Gaussian blended per pixel, -1 if none; alpha mode), and derivatives
+    [3, H, W, C] (I_x, I_y, I_xy; zero-size when not wanted)."""
+    nch = colours.shape[1]
+    image = np.zeros((height, width, nch))
+    trans = np.ones((height, width))
+    last = np.full((height, width), -1, dtype=np.int64)
+    if want_derivs:
+        derivs = np.zeros((3, height, width, nch))
+    else:
+        derivs = np.zeros((3, 0, 0, nch))
+    nt = tiles_x * tiles_y
+    for chunk in prange(N_FWD_CHUNKS):
+        for t in range(chunk, nt, N_FWD_CHUNKS):
+            _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x,
+                          height, width, tile, alpha_mode, want_derivs, image, trans, last, derivs)
+    return image, trans, last, derivs
+
+
+@njit(cache=True)
+def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x,
+                  height, width, tile, alpha_mode, want_derivs, image, trans, last, derivs):
+    """Render tile t into the output arrays (the parallel loop only dispatches tiles)."""
+    nch = colours.shape[1]
+    cap = ALPHA_CAP if alpha_mode else 1.0
+    tx = t % tiles_x
+    ty = t // tiles_x
+    x0 = tx * tile
+    y0 = ty * tile
+    x1 = min(width, x0 + tile)
+    y1 = min(height, y0 + tile)
+    npix = (x1 - x0) * (y1 - y0)
+    ndone = 0
+    # transmittance-derivative state (alpha mode): A_x, A_y, A_xy of A = 1 - T
+    ax = np.zeros((tile, tile))
+    ay = np.zeros((tile, tile))
+    axy = np.zeros((tile, tile))
+    done = np.zeros((tile, tile), dtype=np.bool_)
+    for k in range(offsets[t], offsets[t + 1]):
+        g = ids[k]
+        mx = means[g, 0]
+        my = means[g, 1]
+        a = conics[g, 0]
+        b = conics[g, 1]
+        c = conics[g, 2]
+        q = qmax[g]
+        o = opacities[g]
+        i0 = max(y0, int(math.floor(my - ry[g] - 0.5)))
+        i1 = min(y1 - 1, int(math.ceil(my + ry[g] - 0.5)))
+        for i in range(i0, i1 + 1):
+            j0, j1 = _row_span(mx, my, a, b, c, q, i, x0, x1)
+            dy = i + 0.5 - my
+            for j in range(j0, j1 + 1):
+                dx = j + 0.5 - mx
+                qq = a * dx * dx + 2.0 * b * dx * dy + c * dy * dy
+                if qq > q:
+                    continue
+                v = o * math.exp(-0.5 * qq)
+                if v < MIN_WEIGHT:
+                    continue
+                w = min(cap, v)
+                li = i - y0
+                lj = j - x0
+                if not alpha_mode:
+                    for ch in range(nch):
+                        image[i, j, ch] += w * colours[g, ch]
+                    if want_derivs and v < cap:
+                        gx = -(a * dx + b * dy)
+                        gy = -(b * dx + c * dy)
+                        wxy = w * (gx * gy - b)
+                        for ch in range(nch):
+                            col = colours[g, ch]
+                            derivs[0, i, j, ch] += w * gx * col
+                            derivs[1, i, j, ch] += w * gy * col
+                            derivs[2, i, j, ch] += wxy * col
+                else:
+                    if done[li, lj]:
+                        continue
+                    tcur = trans[i, j]
+                    tnext = tcur * (1.0 - w)
+                    if tnext <= T_STOP:
+                        done[li, lj] = True
+                        ndone += 1
+                        continue
+                    for ch in range(nch):
+                        image[i, j, ch] += colours[g, ch] * w * tcur
+                    if want_derivs:
+                        if v < cap:
+                            gx = -(a * dx + b * dy)
+                            gy = -(b * dx + c * dy)
+                            wx = w * gx
+                            wy = w * gy
+                            wxy = w * (gx * gy - b)
+                        else:
+                            wx = 0.0
+                            wy = 0.0
+                            wxy = 0.0
+                        pax = ax[li, lj]
+                        pay = ay[li, lj]
+                        paxy = axy[li, lj]
+                        for ch in range(nch):
+                            col = colours[g, ch]
+                            derivs[0, i, j, ch] += col * (tcur * wx - pax * w)
+                            derivs[1, i, j, ch] += col * (tcur * wy - pay * w)
+                            derivs[2, i, j, ch] += col * (tcur * wxy - paxy * w - pax * wy - pay * wx)
+                        axy[li, lj] = paxy * (1.0 - w) + tcur * wxy - pax * wy - pay * wx
+                        ax[li, lj] = pax * (1.0 - w) + tcur * wx
+                        ay[li, lj] = pay * (1.0 - w) + tcur * wy
+                    trans[i, j] = tnext
+                    last[i, j] = k
+        if alpha_mode and ndone == npix:
+            break
+    if alpha_mode:
+        for i in range(y0, y1):
+            for j in range(x0, x1):
+                tt = trans[i, j]
+                for ch in range(nch):
+                    image[i, j, ch] += tt * background[ch]
+                if want_derivs:
+                    for ch in range(nch):
+                        derivs[0, i, j, ch] -= ax[i - y0, j - x0] * background[ch]
+                        derivs[1, i, j, ch] -= ay[i - y0, j - x0] * background[ch]
+                        derivs[2, i, j, ch] -= axy[i - y0, j - x0] * background[ch]
+
+
+@njit(parallel=True, cache=True)
+def backward(means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x, tiles_y,
+             height, width, tile, alpha_mode, trans_final, last, grad_image):
+    """Gradients of a scalar loss given dL/dimage [H, W, C].
+
+    Returns per-Gaussian gradients [N, 6 + C]: (mean x, mean y, conic a, b, c, opacity, colours...).
+    The background gradient is computed by the caller (sum over pixels of T * dL/dI).
+    """
+    n = means.shape[0]
+    nch = colours.shape[1]
+    grads = np.zeros((N_GRAD_CHUNKS, n, 6 + nch))
+    nt = tiles_x * tiles_y
+    for chunk in prange(N_GRAD_CHUNKS):
+        for t in range(chunk, nt, N_GRAD_CHUNKS):
+            _backward_tile(t, means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x,
+                           height, width, tile, alpha_mode, trans_final, last, grad_image, grads[chunk])
+    out = np.zeros((n, 6 + nch))
+    for chunk in range(N_GRAD_CHUNKS):
+        out += grads[chunk]
+    return out
+
+
+@njit(cache=True)
+def _backward_tile(t, means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x,
+                   height, width, tile, alpha_mode, trans_final, last, grad_image, gr):
+    """Accumulate the gradients of tile t into gr [N, 6 + C]."""
+    nch = colours.shape[1]
+    cap = ALPHA_CAP if alpha_mode else 1.0
+    tx = t % tiles_x
+    ty = t // tiles_x
+    x0 = tx * tile
+    y0 = ty * tile
+    x1 = min(width, x0 + tile)
+    y1 = min(height, y0 + tile)
+    if not alpha_mode:
+        kstart = offsets[t]
+        kend = offsets[t + 1]
+        kstep = 1
+    else:
+        # back to front over the Gaussians blended in this tile
+        kend = offsets[t] - 1
+        kstart = -1
+        for i in range(y0, y1):
+            for j in range(x0, x1):
+                kstart = max(kstart, last[i, j])
+        if kstart < 0:
+            return
+        kstep = -1
+    # alpha-mode running state: T before the current Gaussian, colour accumulated behind it
+    tcur = np.empty((tile, tile))
+    behind = np.zeros((tile, tile, nch))
+    bg_dot = np.zeros((tile, tile))
+    if alpha_mode:
+        for i in range(y0, y1):
+            for j in range(x0, x1):
+                tcur[i - y0, j - x0] = trans_final[i, j]
+                s = 0.0
+                for ch in range(nch):
+                    s += background[ch] * grad_image[i, j, ch]
+                bg_dot[i - y0, j - x0] = s * trans_final[i, j]
+    for k in range(kstart, kend, kstep):
+        g = ids[k]
+        mx = means[g, 0]
+        my = means[g, 1]
+        a = conics[g, 0]
+        b = conics[g, 1]
+        c = conics[g, 2]
+        q = qmax[g]
+        o = opacities[g]
+        i0 = max(y0, int(math.floor(my - ry[g] - 0.5)))
+        i1 = min(y1 - 1, int(math.ceil(my + ry[g] - 0.5)))
+        for i in range(i0, i1 + 1):
+            j0, j1 = _row_span(mx, my, a, b, c, q, i, x0, x1)
+            dy = i + 0.5 - my
+            for j in range(j0, j1 + 1):
+                if alpha_mode and k > last[i, j]:
+                    continue
+                dx = j + 0.5 - mx
+                qq = a * dx * dx + 2.0 * b * dx * dy + c * dy * dy
+                if qq > q:
+                    continue
+                e = math.exp(-0.5 * qq)
+                v = o * e
+                if v < MIN_WEIGHT:
+                    continue
+                w = min(cap, v)
+                if not alpha_mode:
+                    vw = 0.0
+                    for ch in range(nch):
+                        go = grad_image[i, j, ch]
+                        gr[g, 6 + ch] += w * go
+                        vw += colours[g, ch] * go
+                else:
+                    li = i - y0
+                    lj = j - x0
+                    ra = 1.0 / (1.0 - w)
+                    tt = tcur[li, lj] * ra
+                    tcur[li, lj] = tt
+                    fac = w * tt
+                    vw = 0.0
+                    for ch in range(nch):
+                        go = grad_image[i, j, ch]
+                        col = colours[g, ch]
+                        gr[g, 6 + ch] += fac * go
+                        vw += (col * tt - behind[li, lj, ch] * ra) * go
+                        behind[li, lj, ch] += col * fac
+                    vw -= bg_dot[li, lj] * ra
+                if v < cap:
+                    gr[g, 5] += vw * e
+                    vq = -0.5 * vw * v
+                    # q = a dx^2 + 2 b dx dy + c dy^2 with d = p - mean
+                    gr[g, 2] += vq * dx * dx
+                    gr[g, 3] += vq * 2.0 * dx * dy
+                    gr[g, 4] += vq * dy * dy
+                    # dq/dmx = -2 (a dx + b dy), dq/dmy = -2 (b dx + c dy)
+                    gr[g, 0] += -2.0 * vq * (a * dx + b * dy)
+                    gr[g, 1] += -2.0 * vq * (b * dx + c * dy)
