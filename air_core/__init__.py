@@ -1,0 +1,32 @@
+"""air_core: the engine of the AIR Gaussian-splat image toolkit.
+
+Public API (import from here):
+
+* images: :func:`to_tensor`, :func:`from_tensor`, :func:`load_image`, :func:`save_image`,
+  :func:`sample_image`, :func:`error_map`
+* 2D Gaussians: :class:`Gaussians2D`, :func:`load_gaussians`, :func:`save_gaussians`
+* rendering: :func:`render`, :func:`render_with_derivatives`, :func:`rasterize_to_pixels`,
+  :class:`RenderOutput`
+* fitting: :func:`fit`, :class:`FitResult`, :func:`initialize`
+* metrics: :func:`psnr`, :func:`ssim`, :func:`ms_ssim`, :func:`ssim_loss`, :func:`compute_metrics`
+
+The package never imports napari, Qt or bpy, and imports no GPU-only module at import time.
+"""
+
+from .fitting import FitResult, fit, initialize
+from .gaussians import Gaussians2D, load_gaussians, save_gaussians
+from .images import (ImageTooLargeError, error_map, from_tensor, load_image, sample_image, save_error_map,
+                     save_image, to_tensor)
+from .metrics import compute_metrics, ms_ssim, psnr, ssim, ssim_loss
+from .raster2d import RenderOutput, rasterize_to_pixels, render, render_with_derivatives
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FitResult", "fit", "initialize",
+    "Gaussians2D", "load_gaussians", "save_gaussians",
+    "ImageTooLargeError", "error_map", "from_tensor", "load_image", "sample_image", "save_error_map",
+    "save_image", "to_tensor",
+    "compute_metrics", "ms_ssim", "psnr", "ssim", "ssim_loss",
+    "RenderOutput", "rasterize_to_pixels", "render", "render_with_derivatives",
+]

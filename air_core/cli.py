@@ -1,0 +1,177 @@
+"""The ``air`` command-line tool.
+
+    air fit IMAGE|--sample NAME -n 20000 --steps 2000 -o OUTDIR   fit 2D Gaussians to an image
+    air render FILE --scale 2 -o out.png                           render a Gaussian file at any scale
+    air info FILE                                                  describe a Gaussian file
+
+Exit codes: 0 success, 1 runtime failure, 2 bad arguments or input (argparse's convention),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="air", description="Gaussian-splat image toolkit (AIR).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="fit 2D Gaussians to an image (per-image optimisation)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("image", nargs="?", help="input image file (PNG, JPEG, TIFF, ...)")
+    src.add_argument("--sample", metavar="NAME", help="a photo shipped with scikit-image, e.g. astronaut")
+    p.add_argument("-n", "--num-gaussians", type=_positive_int, default=20000, help="Gaussian budget")
+    p.add_argument("--steps", type=int, default=2000, help="optimisation steps (default 2000)")
+    p.add_argument("--mode", choices=("sum", "alpha"), default="sum", help="rasterization mode")
+    p.add_argument("--init", choices=("gradient", "random"), default="gradient", help="initialisation")
+    p.add_argument("--loss", choices=("l2", "l1", "l1+ssim"), default="l2", help="training loss")
+    p.add_argument("--target-psnr", type=float, default=None, help="stop once this PSNR (dB) is reached")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    r = sub.add_parser("render", help="render a Gaussian file at any scale")
+    r.add_argument("file", help="a .npz Gaussian file written by 'air fit'")
+    size = r.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=_positive_float, default=1.0, help="output/input size ratio (e.g. 0.5, 2, 3.7)")
+    size.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"), help="explicit output size")
+    r.add_argument("--mode", choices=("sum", "alpha"), default=None, help="override the file's mode")
+    r.add_argument("--bit-depth", type=int, choices=(8, 16), default=8)
+    r.add_argument("--device", default="auto")
+    r.add_argument("-o", "--output", required=True, help="output PNG")
+
+    i = sub.add_parser("info", help="describe a Gaussian file")
+    i.add_argument("file")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from . import images
+    from .fitting import fit
+    from .gaussians import save_gaussians
+
+    if args.steps < 0:
+        raise ValueError(f"--steps must be >= 0, got {args.steps}")
+    source = images.sample_image(args.sample) if args.sample else images.load_image(args.image)
+    target = images.to_tensor(source)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=args.steps, unit="step", disable=args.quiet, desc="fit")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = int(round(fraction * args.steps))
+        bar.set_postfix_str(message.split("  ")[-1])
+        bar.refresh()
+
+    try:
+        result = fit(target, args.num_gaussians, args.steps, mode=args.mode, init=args.init, loss=args.loss,
+                     target_psnr=args.target_psnr, seed=args.seed, device=args.device, progress=progress)
+    finally:
+        bar.close()
+    g = result.gaussians
+    g.metadata.update({"source": args.sample or str(args.image), "steps": result.steps})
+    save_gaussians(g, out / "gaussians.npz")
+    images.save_image(out / "render.png", result.render.cpu())
+    images.save_error_map(out / "error.png", result.render.cpu(), target)
+    metrics = dict(result.metrics, num_gaussians=len(g), steps=result.steps, time_s=result.time_s,
+                   stopped=result.stopped, mode=args.mode, init=args.init, image_size=list(g.image_size))
+    from ._io import atomic_write
+
+    with atomic_write(out / "metrics.json", "w") as fh:
+        json.dump(metrics, fh, indent=2)
+    ms = metrics.get("ms_ssim")
+    print(f"{len(g)} Gaussians, PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}"
+          + (f", MS-SSIM {ms:.4f}" if ms is not None else "") + f", {result.time_s:.1f} s -> {out}/")
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import images
+    from .gaussians import load_gaussians
+    from .raster2d import render
+
+    g = load_gaussians(args.file)
+    with torch.no_grad():
+        if args.size:
+            img = render(g, size=tuple(args.size), scale=None, mode=args.mode, device=args.device)
+        else:
+            img = render(g, scale=args.scale, mode=args.mode, device=args.device)
+    images.save_image(args.output, img.clamp(0, 1).cpu(), bit_depth=args.bit_depth)
+    print(f"rendered {img.shape[2]}x{img.shape[1]} -> {args.output}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .gaussians import load_gaussians
+
+    g = load_gaussians(args.file)
+    size = Path(args.file).stat().st_size
+    info = {
+        "file": str(args.file), "num_gaussians": len(g), "image_size": list(g.image_size), "mode": g.mode,
+        "channels": g.num_channels, "opacities": g.opacities is not None, "file_bytes": size,
+        "bits_per_pixel": 8.0 * size / (g.image_size[0] * g.image_size[1]), "metadata": g.metadata,
+    }
+    if len(g):
+        info["scale_px"] = {"min": float(g.scales.min()), "median": float(g.scales.median()),
+                            "max": float(g.scales.max())}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:>15}: {value}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``air``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"fit": _cmd_fit, "render": _cmd_render, "info": _cmd_info}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("air: interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        print(f"air {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, OSError, MemoryError) as exc:
+        print(f"air {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
