@@ -219,12 +219,13 @@ class Gaussians2D:
         if h <= 0 or w <= 0:
             raise ValueError(f"image_size must be positive (H, W), got {self.image_size!r}")
         self.image_size = (h, w)
-        devices = {t.device for t in self._tensors()}
-        dtypes = {t.dtype for t in self._tensors()}
-        if len(devices) > 1:
-            raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
-        if len(dtypes) > 1:
-            raise ValueError(f"all tensors must share one dtype, got {sorted(map(str, dtypes))}")
+        names = ("means", "scales", "rotations", "colours", "opacities")
+        for name, t in zip(names, self._tensors()):
+            if t.device != self.means.device:
+                raise ValueError(f"all tensors must be on one device: {name} is on {t.device}, "
+                                 f"means on {self.means.device}")
+            if t.dtype != self.means.dtype:
+                raise ValueError(f"all tensors must share one dtype: {name} is {t.dtype}, means is {self.means.dtype}")
         if not isinstance(self.metadata, dict):
             raise TypeError(f"metadata must be a dict, got {type(self.metadata).__name__}")
 
@@ -314,7 +315,12 @@ class Gaussians2D:
             if index.dtype == torch.bool and index.shape != (len(self),):
                 raise ValueError(f"boolean mask must have shape [{len(self)}], got {list(index.shape)}")
             index = index.to(self.device)
-        if isinstance(index, int):
+        if isinstance(index, (bool, np.bool_)):
+            raise TypeError("index must be an int, slice, index array or boolean mask, got a bool")
+        if isinstance(index, torch.Tensor) and index.dim() == 0 and not index.dtype.is_floating_point:
+            index = int(index)
+        if isinstance(index, (int, np.integer)):
+            index = int(index)
             index = slice(index, index + 1 if index != -1 else None)
         return self._map(lambda t: t[index])
 
@@ -386,7 +392,8 @@ def save_gaussians(gaussians: Gaussians2D, path: str | os.PathLike) -> None:
 
     Raises:
         TypeError: ``gaussians`` is not a :class:`Gaussians2D`.
-        ValueError: metadata is not JSON-serialisable.
+        ValueError: metadata is not JSON-serialisable, or values are invalid (NaN/Inf, scales <= 0,
+            opacities outside [0, 1]; see :meth:`Gaussians2D.validate`): nothing is written.
         FileNotFoundError: the destination folder does not exist.
     """
     if not isinstance(gaussians, Gaussians2D):
@@ -395,7 +402,7 @@ def save_gaussians(gaussians: Gaussians2D, path: str | os.PathLike) -> None:
         meta = json.dumps(gaussians.metadata)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"gaussians.metadata is not JSON-serialisable: {exc}") from None
-    g = gaussians.detach().to("cpu", torch.float32)
+    g = gaussians.detach().to("cpu", torch.float32).validate()
     arrays = {
         "format": np.array(FORMAT_NAME),
         "version": np.array(FORMAT_VERSION, dtype=np.int64),

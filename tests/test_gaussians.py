@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-import zipfile
 
 import numpy as np
 import pytest
 import torch
 
-from air_core import gaussians as gmod
 from air_core.gaussians import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -185,8 +183,8 @@ def test_construction_from_numpy_and_properties():
         ("image_size", lambda p: p.update(image_size=None), TypeError, r"image_size must be a pair"),
         ("image_size", lambda p: p.update(image_size=(1, 2, 3)), TypeError, r"image_size must be a pair"),
         ("metadata", lambda p: p.update(metadata=[1]), TypeError, r"metadata must be a dict"),
-        ("dtype", lambda p: p.update(scales=p["scales"].double()), ValueError, r"share one dtype"),
-        ("dtype", lambda p: p.update(opacities=p["opacities"].double()), ValueError, r"share one dtype"),
+        ("dtype", lambda p: p.update(scales=p["scales"].double()), ValueError, r"share one dtype: scales"),
+        ("dtype", lambda p: p.update(opacities=p["opacities"].double()), ValueError, r"share one dtype: opacities"),
     ],
 )
 def test_construction_validation(field, change, exc, pattern):
@@ -436,6 +434,23 @@ def _write_npz(path, **overrides):
             arrays[key] = value
     np.savez(path, **arrays)
     return path
+
+
+def test_save_refuses_invalid_values_and_writes_nothing(tmp_path):
+    g = _gaussians(4, seed=18)
+    g.means[2, 0] = float("nan")
+    with pytest.raises(ValueError, match="means contains NaN"):
+        g.save(tmp_path / "nan.npz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_getitem_numpy_and_tensor_scalars():
+    g = _gaussians(4, seed=3)
+    for index in (np.int64(1), torch.tensor(1), 1):
+        sub = g[index]
+        assert len(sub) == 1 and torch.equal(sub.means[0], g.means[1])
+    with pytest.raises(TypeError, match="bool"):
+        g[True]
 
 
 def test_load_hand_written_file(tmp_path):

@@ -120,6 +120,10 @@ def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, colours: to
         opacities = torch.ones(n, dtype=dtype, device=device)
     if background is None:
         background = torch.zeros(nch, dtype=dtype, device=device)
+    for name, t in (("opacities", opacities), ("background", background)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point torch.Tensor, got "
+                            f"{type(t).__name__ if not isinstance(t, torch.Tensor) else t.dtype}")
     if opacities.shape != (n,):
         raise ValueError(f"opacities must have shape [{n}], got {list(opacities.shape)}")
     if background.shape != (nch,):
