@@ -133,7 +133,7 @@ def test_cpu_matches_dense_float32_and_tile_sizes():
     means, conics, colours, opacities = random_scene(300, 40, 50, "alpha", 5)
     ref = rasterize_to_pixels(means, conics, colours, opacities, width=50, height=40, mode="alpha",
                               backend="dense").image
-    for tile in (1, 7, 16, 64):
+    for tile in (1, 7, 16, 64, (16, 128), (3, 11)):
         img = rasterize_to_pixels(means, conics, colours, opacities, width=50, height=40, mode="alpha",
                                   backend="cpu", tile_size=tile).image
         torch.testing.assert_close(img, ref, rtol=0, atol=1e-10)
@@ -545,6 +545,7 @@ BAD_INPUTS = [
     (dict(height=-2), ValueError, r"width and height must be positive"),
     (dict(width=8.0), ValueError, r"width and height must be positive ints"),
     (dict(tile_size=0), ValueError, r"tile_size must be a positive int"),
+    (dict(tile_size=(16, 0)), ValueError, r"tile_size must be a positive int or a pair"),
     (dict(return_derivatives=True, backend="dense"), ValueError, r"return_derivatives=True is not available"),
 ]
 

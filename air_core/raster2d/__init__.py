@@ -71,7 +71,7 @@ def _pick_backend(backend: str, device: torch.device) -> str:
 def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, colours: torch.Tensor,
                         opacities: torch.Tensor | None = None, *, width: int, height: int, mode: str = "sum",
                         background: torch.Tensor | None = None, return_derivatives: bool = False,
-                        backend: str = "auto", tile_size: int = 16) -> RenderOutput:
+                        backend: str = "auto", tile_size: int | tuple[int, int] = (16, 128)) -> RenderOutput:
     """Rasterize projected 2D Gaussians onto a ``height`` x ``width`` pixel grid.
 
     Args:
@@ -89,7 +89,9 @@ def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, colours: to
         background: [C] background colour, alpha mode only (default zeros).
         return_derivatives: also return dI/dx, dI/dy, d2I/dxdy (Niedermayr et al. 2025, Sec. 3).
         backend: "auto", "cpu" (numba tiles) or "dense" (all-pairs PyTorch reference).
-        tile_size: tile edge in pixels for binning (no cap on Gaussians per tile).
+        tile_size: tile (height, width) in pixels for binning, or one int for square tiles. There is no
+            cap on Gaussians per tile. The default 16 x 128 keeps image rows long inside a tile (each
+            row segment costs a few exp() to start) while leaving enough tiles to balance threads.
 
     Returns:
         :class:`RenderOutput`. The image is differentiable w.r.t. means2d, conics, colours,
@@ -133,8 +135,10 @@ def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, colours: to
             raise ValueError(f"{name} must be {dtype} on {device} like means2d, got {t.dtype} on {t.device}")
     if not (isinstance(width, int) and isinstance(height, int)) or width < 1 or height < 1:
         raise ValueError(f"width and height must be positive ints, got width={width!r}, height={height!r}")
-    if not isinstance(tile_size, int) or tile_size < 1:
-        raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
+    tiles = (tile_size, tile_size) if isinstance(tile_size, int) and not isinstance(tile_size, bool) else tile_size
+    if (not isinstance(tiles, tuple) or len(tiles) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in tiles)):
+        raise ValueError(f"tile_size must be a positive int or a pair of positive ints (h, w), got {tile_size!r}")
     with torch.no_grad():
         for name, t in (("means2d", means2d), ("conics", conics), ("colours", colours),
                         ("opacities", opacities), ("background", background)):
@@ -152,7 +156,7 @@ def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, colours: to
         from .cpu import rasterize_to_pixels_cpu
 
         image, trans, derivs = rasterize_to_pixels_cpu(means2d, conics, colours, opacities, background, width,
-                                                       height, mode, return_derivatives, tile_size)
+                                                       height, mode, return_derivatives, tiles)
         if derivs is None:
             return RenderOutput(image, trans)
         return RenderOutput(image, trans, derivs[0], derivs[1], derivs[2])

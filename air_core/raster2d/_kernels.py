@@ -67,7 +67,7 @@ def extents(conics, opacities):
 
 
 @njit(cache=True)
-def bin_tiles(means, qmax, rx, ry, height, width, tile):
+def bin_tiles(means, qmax, rx, ry, height, width, tile_h, tile_w):
     """Tile binning: for each tile, the ids of the Gaussians whose bounding box touches it, in
     list order. No cap per tile.
 
@@ -75,8 +75,8 @@ def bin_tiles(means, qmax, rx, ry, height, width, tile):
     ids[offsets[t]:offsets[t + 1]].
     """
     n = means.shape[0]
-    tiles_x = (width + tile - 1) // tile
-    tiles_y = (height + tile - 1) // tile
+    tiles_x = (width + tile_w - 1) // tile_w
+    tiles_y = (height + tile_h - 1) // tile_h
     nt = tiles_x * tiles_y
     rect = np.empty((n, 4), dtype=np.int64)
     counts = np.zeros(nt + 1, dtype=np.int64)
@@ -94,7 +94,7 @@ def bin_tiles(means, qmax, rx, ry, height, width, tile):
         i1 = min(height - 1, int(math.ceil(means[g, 1] + ry[g] - 0.5)))
         if j0 > j1 or i0 > i1:
             continue
-        tx0, tx1, ty0, ty1 = j0 // tile, j1 // tile, i0 // tile, i1 // tile
+        tx0, tx1, ty0, ty1 = j0 // tile_w, j1 // tile_w, i0 // tile_h, i1 // tile_h
         rect[g, 0] = tx0
         rect[g, 1] = tx1
         rect[g, 2] = ty0
@@ -159,7 +159,7 @@ def _row_step(e, r, m, a, b, c, dx, dy):
 
 @njit(parallel=True, cache=True)
 def forward(means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x, tiles_y,
-            height, width, tile, alpha_mode, want_derivs):
+            height, width, tile_h, tile_w, alpha_mode, want_derivs):
     """Render. Returns image [H, W, C], transmittance T [H, W] (1 in sum mode), last [H, W] (index
     into ``ids`` of the last Gaussian blended per pixel, -1 if none; alpha mode), and derivatives
     [3, H, W, C] (I_x, I_y, I_xy; zero-size when not wanted)."""
@@ -172,32 +172,34 @@ def forward(means, conics, colours, opacities, background, qmax, ry, offsets, id
     else:
         derivs = np.zeros((3, 0, 0, nch))
     nt = tiles_x * tiles_y
+    # static schedule over chunks; chunk c takes tiles c, c + n, c + 2n, ... so that each thread gets
+    # tiles from all over the image (tiles differ a lot in cost)
     for chunk in prange(N_FWD_CHUNKS):
         for t in range(chunk, nt, N_FWD_CHUNKS):
             _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x,
-                          height, width, tile, alpha_mode, want_derivs, image, trans, last, derivs)
+                          height, width, tile_h, tile_w, alpha_mode, want_derivs, image, trans, last, derivs)
     return image, trans, last, derivs
 
 
 @njit(cache=True)
 def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x,
-                  height, width, tile, alpha_mode, want_derivs, image, trans, last, derivs):
+                  height, width, tile_h, tile_w, alpha_mode, want_derivs, image, trans, last, derivs):
     """Render tile t into the output arrays (the parallel loop only dispatches tiles)."""
     nch = colours.shape[1]
     cap = ALPHA_CAP if alpha_mode else 1.0
     tx = t % tiles_x
     ty = t // tiles_x
-    x0 = tx * tile
-    y0 = ty * tile
-    x1 = min(width, x0 + tile)
-    y1 = min(height, y0 + tile)
+    x0 = tx * tile_w
+    y0 = ty * tile_h
+    x1 = min(width, x0 + tile_w)
+    y1 = min(height, y0 + tile_h)
     npix = (x1 - x0) * (y1 - y0)
     ndone = 0
     # transmittance-derivative state (alpha mode): A_x, A_y, A_xy of A = 1 - T
-    ax = np.zeros((tile, tile))
-    ay = np.zeros((tile, tile))
-    axy = np.zeros((tile, tile))
-    done = np.zeros((tile, tile), dtype=np.bool_)
+    ax = np.zeros((tile_h, tile_w))
+    ay = np.zeros((tile_h, tile_w))
+    axy = np.zeros((tile_h, tile_w))
+    done = np.zeros((tile_h, tile_w), dtype=np.bool_)
     for k in range(offsets[t], offsets[t + 1]):
         g = ids[k]
         mx = means[g, 0]
@@ -287,7 +289,7 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, of
 
 @njit(parallel=True, cache=True)
 def backward(means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x, tiles_y,
-             height, width, tile, alpha_mode, trans_final, last, grad_image):
+             height, width, tile_h, tile_w, alpha_mode, trans_final, last, grad_image):
     """Gradients of a scalar loss given dL/dimage [H, W, C].
 
     Returns per-Gaussian gradients [N, 6 + C]: (mean x, mean y, conic a, b, c, opacity, colours...).
@@ -300,7 +302,7 @@ def backward(means, conics, colours, opacities, background, qmax, ry, offsets, i
     for chunk in prange(N_GRAD_CHUNKS):
         for t in range(chunk, nt, N_GRAD_CHUNKS):
             _backward_tile(t, means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x,
-                           height, width, tile, alpha_mode, trans_final, last, grad_image, grads[chunk])
+                           height, width, tile_h, tile_w, alpha_mode, trans_final, last, grad_image, grads[chunk])
     out = np.zeros((n, 6 + nch))
     for chunk in range(N_GRAD_CHUNKS):
         out += grads[chunk]
@@ -309,16 +311,16 @@ def backward(means, conics, colours, opacities, background, qmax, ry, offsets, i
 
 @njit(cache=True)
 def _backward_tile(t, means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x,
-                   height, width, tile, alpha_mode, trans_final, last, grad_image, gr):
+                   height, width, tile_h, tile_w, alpha_mode, trans_final, last, grad_image, gr):
     """Accumulate the gradients of tile t into gr [N, 6 + C]."""
     nch = colours.shape[1]
     cap = ALPHA_CAP if alpha_mode else 1.0
     tx = t % tiles_x
     ty = t // tiles_x
-    x0 = tx * tile
-    y0 = ty * tile
-    x1 = min(width, x0 + tile)
-    y1 = min(height, y0 + tile)
+    x0 = tx * tile_w
+    y0 = ty * tile_h
+    x1 = min(width, x0 + tile_w)
+    y1 = min(height, y0 + tile_h)
     if not alpha_mode:
         kstart = offsets[t]
         kend = offsets[t + 1]
@@ -334,9 +336,9 @@ def _backward_tile(t, means, conics, colours, opacities, background, qmax, ry, o
             return
         kstep = -1
     # alpha-mode running state: T before the current Gaussian, colour accumulated behind it
-    tcur = np.empty((tile, tile))
-    behind = np.zeros((tile, tile, nch))
-    bg_dot = np.zeros((tile, tile))
+    tcur = np.empty((tile_h, tile_w))
+    behind = np.zeros((tile_h, tile_w, nch))
+    bg_dot = np.zeros((tile_h, tile_w))
     if alpha_mode:
         for i in range(y0, y1):
             for j in range(x0, x1):

@@ -19,9 +19,10 @@ def _np64(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().to("cpu", torch.float64).numpy())
 
 
-def _bin(means: np.ndarray, conics: np.ndarray, opacities: np.ndarray, height: int, width: int, tile: int):
+def _bin(means: np.ndarray, conics: np.ndarray, opacities: np.ndarray, height: int, width: int,
+         tile: tuple[int, int]):
     qmax, rx, ry = _kernels.extents(conics, opacities)
-    offsets, ids, tiles_x, tiles_y = _kernels.bin_tiles(means, qmax, rx, ry, height, width, tile)
+    offsets, ids, tiles_x, tiles_y = _kernels.bin_tiles(means, qmax, rx, ry, height, width, *tile)
     return qmax, ry, offsets, ids, tiles_x, tiles_y
 
 
@@ -31,7 +32,7 @@ class _Rasterize(torch.autograd.Function):
                 tile_size):
         arrs = [_np64(t) for t in (means2d, conics, colours, opacities, background)]
         binning = _bin(arrs[0], arrs[1], arrs[3], height, width, tile_size)
-        image, trans, last, derivs = _kernels.forward(*arrs, *binning, height, width, tile_size, alpha_mode,
+        image, trans, last, derivs = _kernels.forward(*arrs, *binning, height, width, *tile_size, alpha_mode,
                                                       want_derivs)
         dtype, device = means2d.dtype, means2d.device
         to_t = lambda a: torch.from_numpy(a).to(device=device, dtype=dtype)  # noqa: E731
@@ -50,7 +51,7 @@ class _Rasterize(torch.autograd.Function):
         arrs, binning, trans, last, height, width, alpha_mode, tile_size = ctx.cache
         means2d = ctx.saved_tensors[0]
         g_img = np.ascontiguousarray(grad_image.detach().to("cpu", torch.float64).permute(1, 2, 0).numpy())
-        grads = _kernels.backward(*arrs, *binning, height, width, tile_size, alpha_mode, trans, last, g_img)
+        grads = _kernels.backward(*arrs, *binning, height, width, *tile_size, alpha_mode, trans, last, g_img)
         grads = torch.from_numpy(grads).to(device=means2d.device, dtype=means2d.dtype)
         grad_bg = None
         if alpha_mode and ctx.needs_input_grad[4]:
@@ -60,10 +61,10 @@ class _Rasterize(torch.autograd.Function):
 
 def rasterize_to_pixels_cpu(means2d: torch.Tensor, conics: torch.Tensor, colours: torch.Tensor,
                             opacities: torch.Tensor, background: torch.Tensor, width: int, height: int,
-                            mode: str, return_derivatives: bool, tile_size: int = 16):
+                            mode: str, return_derivatives: bool, tile_size: tuple[int, int] = (16, 128)):
     """See :func:`air_core.raster2d.rasterize_to_pixels`; inputs already validated.
 
     Returns (image [C, H, W], transmittance [H, W], derivatives [3, C, H, W] or None).
     """
     return _Rasterize.apply(means2d, conics, colours, opacities, background, int(height), int(width),
-                            mode == "alpha", bool(return_derivatives), int(tile_size))
+                            mode == "alpha", bool(return_derivatives), (int(tile_size[0]), int(tile_size[1])))
