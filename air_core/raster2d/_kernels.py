@@ -141,12 +141,13 @@ RECURRENCE_MAX_A = 4.0
 
 
 @njit(inline="always")
-def _row_start(a, b, c, mx, dy, j0):
+def _row_start(a, b, c, mx, dy, j0, m):
+    """Weight and step factor at the first pixel j0 of a row; m = exp(-a), or -1 without recurrence."""
     dx = j0 + 0.5 - mx
     e = math.exp(-0.5 * (a * dx * dx + 2.0 * b * dx * dy + c * dy * dy))
-    if a <= RECURRENCE_MAX_A:
-        return e, math.exp(-a * dx - 0.5 * a - b * dy), math.exp(-a)
-    return e, 0.0, -1.0
+    if m >= 0.0:
+        return e, math.exp(-a * dx - 0.5 * a - b * dy)
+    return e, 0.0
 
 
 @njit(inline="always")
@@ -211,10 +212,13 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, of
         o = opacities[g]
         i0 = max(y0, int(math.floor(my - ry[g] - 0.5)))
         i1 = min(y1 - 1, int(math.ceil(my + ry[g] - 0.5)))
+        m = math.exp(-a) if a <= RECURRENCE_MAX_A else -1.0  # row recurrence factor, see _row_start
         for i in range(i0, i1 + 1):
             j0, j1 = _row_span(mx, my, a, b, c, q, i, x0, x1)
+            if j0 > j1:
+                continue
             dy = i + 0.5 - my
-            e, r, m = _row_start(a, b, c, mx, dy, j0)
+            e, r = _row_start(a, b, c, mx, dy, j0, m)
             for j in range(j0, j1 + 1):
                 dx = j + 0.5 - mx
                 if j > j0:
@@ -358,10 +362,13 @@ def _backward_tile(t, means, conics, colours, opacities, background, qmax, ry, o
         o = opacities[g]
         i0 = max(y0, int(math.floor(my - ry[g] - 0.5)))
         i1 = min(y1 - 1, int(math.ceil(my + ry[g] - 0.5)))
+        m = math.exp(-a) if a <= RECURRENCE_MAX_A else -1.0  # row recurrence factor, see _row_start
         for i in range(i0, i1 + 1):
             j0, j1 = _row_span(mx, my, a, b, c, q, i, x0, x1)
+            if j0 > j1:
+                continue
             dy = i + 0.5 - my
-            e, r, m = _row_start(a, b, c, mx, dy, j0)
+            e, r = _row_start(a, b, c, mx, dy, j0, m)
             for j in range(j0, j1 + 1):
                 dx = j + 0.5 - mx
                 if j > j0:
