@@ -621,3 +621,17 @@ def test_empty_scene(backend):
     img = render(e, background=torch.tensor([0.1, 0.2, 0.3]), backend=backend)
     torch.testing.assert_close(img, torch.tensor([0.1, 0.2, 0.3])[:, None, None].expand(3, 5, 7))
     assert float(render(Gaussians2D.empty((5, 7)), backend=backend, scale=2).abs().max()) == 0
+
+
+def test_dense_backend_refuses_renders_that_cannot_fit(monkeypatch):
+    from air_core.images import ImageTooLargeError
+
+    means, conics, colours, opacities = random_scene(2000, 64, 64, "sum", 3)
+    monkeypatch.setenv("AIR_MEMORY_LIMIT_BYTES", str(50_000_000))
+    means.requires_grad_(True)
+    # autograd would keep 64*64*2000 pair intermediates (~800 MB): refused up front
+    with pytest.raises(ImageTooLargeError, match="dense 64x64 render of 2000 Gaussians"):
+        rasterize_to_pixels(means, conics, colours, opacities, width=64, height=64, backend="dense")
+    # the tile backend needs no pair intermediates and renders it
+    out = rasterize_to_pixels(means, conics, colours, opacities, width=64, height=64, backend="cpu")
+    assert out.image.shape == (3, 64, 64)

@@ -19,8 +19,29 @@ __all__ = ["rasterize_to_pixels_dense"]
 def rasterize_to_pixels_dense(means2d: torch.Tensor, conics: torch.Tensor, colours: torch.Tensor,
                               opacities: torch.Tensor, background: torch.Tensor, width: int, height: int,
                               mode: str, chunk_pixels: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """All-pairs render. Returns (image [C, H, W], transmittance [H, W]); differentiable by autograd."""
+    """All-pairs render. Returns (image [C, H, W], transmittance [H, W]); differentiable by autograd.
+
+    Raises:
+        air_core.images.ImageTooLargeError: when autograd would have to keep more pixel x Gaussian
+            intermediates than the device's free memory holds (the tile backend has no such limit).
+    """
     device, dtype = means2d.device, means2d.dtype
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (means2d, conics, colours, opacities, background))
+    pairs = height * width * max(1, means2d.shape[0]) if needs_grad else chunk_pixels * max(1, means2d.shape[0])
+    required = pairs * means2d.element_size() * 12  # ~12 saved pair-sized intermediates per chunk
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        if required > free:
+            from ..images import ImageTooLargeError
+
+            raise ImageTooLargeError(f"the dense rasterizer needs about {required / 2**30:.1f} GiB for this "
+                                     f"{width}x{height} render of {means2d.shape[0]} Gaussians; "
+                                     f"{free / 2**30:.1f} GiB are free on {device}")
+    else:
+        from ..images import check_memory
+
+        check_memory(required, f"a dense {width}x{height} render of {means2d.shape[0]} Gaussians")
     ys, xs = torch.meshgrid(torch.arange(height, device=device, dtype=dtype) + 0.5,
                             torch.arange(width, device=device, dtype=dtype) + 0.5, indexing="ij")
     px, py = xs.reshape(-1), ys.reshape(-1)
