@@ -158,6 +158,27 @@ def _row_step(e, r, m, a, b, c, dx, dy):
     return math.exp(-0.5 * (a * dx * dx + 2.0 * b * dx * dy + c * dy * dy)), r
 
 
+@njit(inline="always")
+def _tile_rect(t, tiles_x, tile_h, tile_w, height, width):
+    """Pixel rectangle [x0, x1) x [y0, y1) of tile t (row-major tile order)."""
+    x0 = (t % tiles_x) * tile_w
+    y0 = (t // tiles_x) * tile_h
+    return x0, y0, min(width, x0 + tile_w), min(height, y0 + tile_h)
+
+
+@njit(inline="always")
+def _load_gaussian(g, means, conics, opacities, qmax, ry, y0, y1):
+    """Gaussian g's mean, conic, cut-off, opacity, its rows [i0, i1] inside [y0, y1) and the row
+    recurrence factor m (see ``_row_start``)."""
+    mx = means[g, 0]
+    my = means[g, 1]
+    a = conics[g, 0]
+    i0 = max(y0, int(math.floor(my - ry[g] - 0.5)))
+    i1 = min(y1 - 1, int(math.ceil(my + ry[g] - 0.5)))
+    m = math.exp(-a) if a <= RECURRENCE_MAX_A else -1.0
+    return mx, my, a, conics[g, 1], conics[g, 2], qmax[g], opacities[g], i0, i1, m
+
+
 @njit(parallel=True, cache=True)
 def forward(means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x, tiles_y,
             height, width, tile_h, tile_w, alpha_mode, want_derivs):
@@ -188,12 +209,7 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, of
     """Render tile t into the output arrays (the parallel loop only dispatches tiles)."""
     nch = colours.shape[1]
     cap = ALPHA_CAP if alpha_mode else 1.0
-    tx = t % tiles_x
-    ty = t // tiles_x
-    x0 = tx * tile_w
-    y0 = ty * tile_h
-    x1 = min(width, x0 + tile_w)
-    y1 = min(height, y0 + tile_h)
+    x0, y0, x1, y1 = _tile_rect(t, tiles_x, tile_h, tile_w, height, width)
     npix = (x1 - x0) * (y1 - y0)
     ndone = 0
     # transmittance-derivative state (alpha mode): A_x, A_y, A_xy of A = 1 - T
@@ -203,16 +219,7 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, of
     done = np.zeros((tile_h, tile_w), dtype=np.bool_)
     for k in range(offsets[t], offsets[t + 1]):
         g = ids[k]
-        mx = means[g, 0]
-        my = means[g, 1]
-        a = conics[g, 0]
-        b = conics[g, 1]
-        c = conics[g, 2]
-        q = qmax[g]
-        o = opacities[g]
-        i0 = max(y0, int(math.floor(my - ry[g] - 0.5)))
-        i1 = min(y1 - 1, int(math.ceil(my + ry[g] - 0.5)))
-        m = math.exp(-a) if a <= RECURRENCE_MAX_A else -1.0  # row recurrence factor, see _row_start
+        mx, my, a, b, c, q, o, i0, i1, m = _load_gaussian(g, means, conics, opacities, qmax, ry, y0, y1)
         for i in range(i0, i1 + 1):
             j0, j1 = _row_span(mx, my, a, b, c, q, i, x0, x1)
             if j0 > j1:
@@ -319,12 +326,7 @@ def _backward_tile(t, means, conics, colours, opacities, background, qmax, ry, o
     """Accumulate the gradients of tile t into gr [N, 6 + C]."""
     nch = colours.shape[1]
     cap = ALPHA_CAP if alpha_mode else 1.0
-    tx = t % tiles_x
-    ty = t // tiles_x
-    x0 = tx * tile_w
-    y0 = ty * tile_h
-    x1 = min(width, x0 + tile_w)
-    y1 = min(height, y0 + tile_h)
+    x0, y0, x1, y1 = _tile_rect(t, tiles_x, tile_h, tile_w, height, width)
     if not alpha_mode:
         kstart = offsets[t]
         kend = offsets[t + 1]
@@ -353,16 +355,7 @@ def _backward_tile(t, means, conics, colours, opacities, background, qmax, ry, o
                 bg_dot[i - y0, j - x0] = s * trans_final[i, j]
     for k in range(kstart, kend, kstep):
         g = ids[k]
-        mx = means[g, 0]
-        my = means[g, 1]
-        a = conics[g, 0]
-        b = conics[g, 1]
-        c = conics[g, 2]
-        q = qmax[g]
-        o = opacities[g]
-        i0 = max(y0, int(math.floor(my - ry[g] - 0.5)))
-        i1 = min(y1 - 1, int(math.ceil(my + ry[g] - 0.5)))
-        m = math.exp(-a) if a <= RECURRENCE_MAX_A else -1.0  # row recurrence factor, see _row_start
+        mx, my, a, b, c, q, o, i0, i1, m = _load_gaussian(g, means, conics, opacities, qmax, ry, y0, y1)
         for i in range(i0, i1 + 1):
             j0, j1 = _row_span(mx, my, a, b, c, q, i, x0, x1)
             if j0 > j1:
