@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import pytorch_msssim
 import torch
-from skimage.metrics import mean_squared_error, peak_signal_noise_ratio
 
 from .images import _as_pair
 
@@ -90,6 +89,8 @@ def ms_ssim_win_size(height: int, width: int) -> int:
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> float:
+    from skimage.metrics import peak_signal_noise_ratio  # imported here: it pulls in scipy.stats (~0.8 s)
+
     x = a.cpu().double().numpy()
     y = b.cpu().double().numpy()
     if np.array_equal(x, y):
@@ -233,6 +234,8 @@ def compute_metrics(reconstruction: Any, target: Any) -> dict[str, float | None]
     """
     a, b, _ = _as_pair(reconstruction, target, ("reconstruction", "target"))
     h, w = int(a.shape[-2]), int(a.shape[-1])
+    from skimage.metrics import mean_squared_error
+
     mse = float(mean_squared_error(a.cpu().double().numpy(), b.cpu().double().numpy()))
     return {
         "psnr": _psnr(a, b, 1.0),
