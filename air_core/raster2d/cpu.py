@@ -39,8 +39,8 @@ class _Rasterize(torch.autograd.Function):
         image_t = to_t(image).permute(2, 0, 1).contiguous()
         trans_t = to_t(trans)
         derivs_t = to_t(derivs).permute(0, 3, 1, 2).contiguous() if want_derivs else None
-        ctx.save_for_backward(means2d, conics, colours, opacities, background)
-        ctx.cache = (arrs, binning, trans, last, height, width, alpha_mode, tile_size)
+        # the backward pass needs only the float64 copies the kernels already work on
+        ctx.cache = (arrs, binning, trans, last, height, width, alpha_mode, tile_size, dtype, device)
         ctx.mark_non_differentiable(trans_t)
         if derivs_t is not None:
             ctx.mark_non_differentiable(derivs_t)
@@ -48,14 +48,13 @@ class _Rasterize(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_image, grad_trans, grad_derivs):
-        arrs, binning, trans, last, height, width, alpha_mode, tile_size = ctx.cache
-        means2d = ctx.saved_tensors[0]
+        arrs, binning, trans, last, height, width, alpha_mode, tile_size, dtype, device = ctx.cache
         g_img = np.ascontiguousarray(grad_image.detach().to("cpu", torch.float64).permute(1, 2, 0).numpy())
         grads = _kernels.backward(*arrs, *binning, height, width, *tile_size, alpha_mode, trans, last, g_img)
-        grads = torch.from_numpy(grads).to(device=means2d.device, dtype=means2d.dtype)
+        grads = torch.from_numpy(grads).to(device=device, dtype=dtype)
         grad_bg = None
         if alpha_mode and ctx.needs_input_grad[4]:
-            grad_bg = torch.from_numpy(np.einsum("hw,hwc->c", trans, g_img)).to(means2d.device, means2d.dtype)
+            grad_bg = torch.from_numpy(np.einsum("hw,hwc->c", trans, g_img)).to(device, dtype)
         return (grads[:, 0:2], grads[:, 2:5], grads[:, 6:], grads[:, 5], grad_bg, None, None, None, None, None)
 
 
