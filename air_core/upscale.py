@@ -29,8 +29,10 @@ import math
 import numbers
 import operator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from numba import njit, prange
 
 from .images import check_memory
 from .raster2d import output_size
@@ -154,6 +156,34 @@ def _hermite_1d(values: torch.Tensor, derivatives: torch.Tensor, plan, dim: int)
     return out
 
 
+@njit(parallel=True, cache=True)
+def _hermite_kernel(f, fx, fy, fxy, i0x, i1x, wx, i0y, i1y, wy):
+    """Separable Hermite evaluation on [B*C, h, w] arrays (the no-gradient CPU fast path):
+    along x, (f, f_x) -> g and (f_y, f_xy) -> g_y on the h low-res rows, then along y, (g, g_y)."""
+    nc, h, _ = f.shape
+    out_w = i0x.shape[0]
+    out_h = i0y.shape[0]
+    g = np.empty((nc, h, out_w), dtype=f.dtype)
+    gy = np.empty((nc, h, out_w), dtype=f.dtype)
+    for r in prange(nc * h):
+        c = r // h
+        i = r % h
+        for u in range(out_w):
+            a, b = i0x[u], i1x[u]
+            g[c, i, u] = f[c, i, a] * wx[0, u] + f[c, i, b] * wx[1, u] + fx[c, i, a] * wx[2, u] + fx[c, i, b] * wx[3, u]
+            gy[c, i, u] = (fy[c, i, a] * wx[0, u] + fy[c, i, b] * wx[1, u] + fxy[c, i, a] * wx[2, u]
+                           + fxy[c, i, b] * wx[3, u])
+    out = np.empty((nc, out_h, out_w), dtype=f.dtype)
+    for r in prange(nc * out_h):
+        c = r // out_h
+        v = r % out_h
+        a, b = i0y[v], i1y[v]
+        w0, w1, w2, w3 = wy[0, v], wy[1, v], wy[2, v], wy[3, v]
+        for u in range(out_w):
+            out[c, v, u] = g[c, a, u] * w0 + g[c, b, u] * w1 + gy[c, a, u] * w2 + gy[c, b, u] * w3
+    return out
+
+
 def hermite_upscale(image: torch.Tensor, image_dx: torch.Tensor, image_dy: torch.Tensor, image_dxy: torch.Tensor,
                     scale: float | None = None, *, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Upscale with bicubic Hermite patches built from the image and its analytic derivatives.
@@ -212,6 +242,13 @@ def hermite_upscale(image: torch.Tensor, image_dx: torch.Tensor, image_dy: torch
     h, w = image.shape[-2:]
     plan_x = _axis_plan(w, out_w, image.dtype, image.device)
     plan_y = _axis_plan(h, out_h, image.dtype, image.device)
+    inputs = (image, image_dx, image_dy, image_dxy)
+    if image.device.type == "cpu" and not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
+        # same arithmetic in one fused numba pass (no autograd graph needed)
+        arrays = [t.detach().reshape(-1, h, w).contiguous().numpy() for t in inputs]
+        plans = [p.numpy() for p in (*plan_x, *plan_y)]
+        out = torch.from_numpy(_hermite_kernel(*arrays, *plans))
+        return out.reshape(*image.shape[:-2], out_h, out_w)
     rows = _hermite_1d(image, image_dx, plan_x, dim=-1)
     rows_dy = _hermite_1d(image_dy, image_dxy, plan_x, dim=-1)
     return _hermite_1d(rows, rows_dy, plan_y, dim=-2)
@@ -389,8 +426,12 @@ def render_upscaled(source, camera=None, scale: float = 2.0, *, method="hermite"
             raise TypeError("camera is required to render a GaussianScene")
         full_h, full_w = (camera.height, camera.width) if size is None else _as_size(size)
         low_h, low_w = low_resolution_size(full_h, full_w, scale)
-        out = render_scene(source, camera.resized(low_w, low_h), background=background,
-                           return_derivatives=want_derivs, **render_kwargs)
+        # the low-resolution render samples the full-resolution image's continuous function: its
+        # eps2d dilation (pixel^2 of the full-resolution grid) becomes eps2d / (k_x k_y) low-res pixel^2
+        eps2d = render_kwargs.pop("eps2d", 0.3) * (low_h * low_w) / (full_h * full_w)
+        out = render_scene(source, camera.resized(low_w, low_h) if size is None else
+                           camera.resized(full_w, full_h).resized(low_w, low_h), background=background,
+                           return_derivatives=want_derivs, eps2d=eps2d, **render_kwargs)
     elif isinstance(source, Gaussians2D):
         if camera is not None:
             raise TypeError("camera applies to GaussianScene sources only; a Gaussians2D image has none")

@@ -217,10 +217,14 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, of
     ay = np.zeros((tile_h, tile_w))
     axy = np.zeros((tile_h, tile_w))
     done = np.zeros((tile_h, tile_w), dtype=np.bool_)
+    # alpha mode: pixels of each tile row still blending; a row with none left is skipped whole
+    row_open = np.full(tile_h, x1 - x0, dtype=np.int64)
     for k in range(offsets[t], offsets[t + 1]):
         g = ids[k]
         mx, my, a, b, c, q, o, i0, i1, m = _load_gaussian(g, means, conics, opacities, qmax, ry, y0, y1)
         for i in range(i0, i1 + 1):
+            if alpha_mode and row_open[i - y0] == 0:
+                continue
             j0, j1 = _row_span(mx, my, a, b, c, q, i, x0, x1)
             if j0 > j1:
                 continue
@@ -256,6 +260,7 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, of
                     if tnext <= T_STOP:
                         done[li, lj] = True
                         ndone += 1
+                        row_open[li] -= 1
                         continue
                     for ch in range(nch):
                         image[i, j, ch] += colours[g, ch] * w * tcur
