@@ -9,6 +9,11 @@ Public API (import from here):
   :class:`RenderOutput`
 * fitting: :func:`fit`, :class:`FitResult`, :func:`initialize`
 * metrics: :func:`psnr`, :func:`ssim`, :func:`ms_ssim`, :func:`ssim_loss`, :func:`compute_metrics`
+* 3D Gaussian Splatting (:mod:`air_core.splat3d`): :class:`GaussianScene`, :func:`load_ply`,
+  :func:`save_ply`, :class:`Camera`, :func:`orbit_cameras_for_scene`, :func:`camera_from_blender`,
+  :func:`render_splats` (= :func:`air_core.splat3d.render`)
+* upscaling (:mod:`air_core.upscale`): :func:`hermite_upscale`, :func:`upscale`,
+  :func:`render_upscaled`
 
 The package never imports napari, Qt or bpy, and imports no GPU-only module at import time.
 """
@@ -19,6 +24,9 @@ from .images import (ImageTooLargeError, error_map, from_tensor, load_image, sam
                      save_image, to_tensor)
 from .metrics import compute_metrics, ms_ssim, psnr, ssim, ssim_loss
 from .raster2d import RenderOutput, rasterize_to_pixels, render, render_with_derivatives
+from .splat3d import Camera, GaussianScene, camera_from_blender, load_ply, orbit_cameras_for_scene, save_ply
+from .splat3d import render as render_splats
+from .upscale import hermite_upscale, render_upscaled, upscale
 
 __version__ = "0.1.0"
 
@@ -29,4 +37,6 @@ __all__ = [
     "save_image", "to_tensor",
     "compute_metrics", "ms_ssim", "psnr", "ssim", "ssim_loss",
     "RenderOutput", "rasterize_to_pixels", "render", "render_with_derivatives",
+    "Camera", "GaussianScene", "camera_from_blender", "load_ply", "orbit_cameras_for_scene", "save_ply",
+    "render_splats", "hermite_upscale", "render_upscaled", "upscale",
 ]

@@ -117,10 +117,18 @@ def project(scene: GaussianScene, camera: Camera, *, near_plane: float = 0.01, f
     if sh_degree is not None and not (isinstance(sh_degree, int) and 0 <= sh_degree <= scene.sh_degree):
         raise ValueError(f"sh_degree must be an int in 0..{scene.sh_degree} for this scene, got {sh_degree!r}")
     dtype, device = scene.means.dtype, scene.means.device
-    viewmat = camera.viewmat.to(device=device, dtype=dtype)
-    rot, trans = viewmat[:3, :3], viewmat[:3, 3]
     fx, fy, cx, cy = (float(v) for v in (camera.fx, camera.fy, camera.cx, camera.cy))
     width, height = camera.width, camera.height
+    lim_x_pos = (width - cx) / fx + (FRUSTUM_CLAMP - 1.0) * 0.5 * width / fx
+    lim_x_neg = cx / fx + (FRUSTUM_CLAMP - 1.0) * 0.5 * width / fx
+    lim_y_pos = (height - cy) / fy + (FRUSTUM_CLAMP - 1.0) * 0.5 * height / fy
+    lim_y_neg = cy / fy + (FRUSTUM_CLAMP - 1.0) * 0.5 * height / fy
+    tensors = (scene.means, scene.log_scales, scene.quats, scene.opacity_logits, scene.sh_coeffs)
+    if device.type == "cpu" and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        return _project_numba(scene, camera, near_plane, far_plane, eps2d, sh_degree,
+                              (lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg))
+    viewmat = camera.viewmat.to(device=device, dtype=dtype)
+    rot, trans = viewmat[:3, :3], viewmat[:3, 3]
 
     means_cam = scene.means @ rot.T + trans
     z = means_cam[:, 2]
@@ -134,10 +142,6 @@ def project(scene: GaussianScene, camera: Camera, *, near_plane: float = 0.01, f
     v = (m.transpose(1, 2).reshape(-1, 3) @ rot.T).reshape(-1, 3, 3).transpose(1, 2)
 
     # Jacobian of the projection at the (clamped) camera-space position; only its non-zero entries
-    lim_x_pos = (width - cx) / fx + (FRUSTUM_CLAMP - 1.0) * 0.5 * width / fx
-    lim_x_neg = cx / fx + (FRUSTUM_CLAMP - 1.0) * 0.5 * width / fx
-    lim_y_pos = (height - cy) / fy + (FRUSTUM_CLAMP - 1.0) * 0.5 * height / fy
-    lim_y_neg = cy / fy + (FRUSTUM_CLAMP - 1.0) * 0.5 * height / fy
     inv_z = 1.0 / z
     u = torch.clamp(means_cam[:, 0] * inv_z, -lim_x_neg, lim_x_pos)
     w = torch.clamp(means_cam[:, 1] * inv_z, -lim_y_neg, lim_y_pos)
@@ -167,6 +171,28 @@ def project(scene: GaussianScene, camera: Camera, *, near_plane: float = 0.01, f
                          camera.camera_center.to(device=device, dtype=dtype), sh_degree)
     return ProjectedGaussians(ids=ids, means2d=means2d[sel], conics=conics, depths=z[sel], colours=colours,
                               opacities=opacities[sel])
+
+
+def _project_numba(scene, camera, near_plane, far_plane, eps2d, sh_degree, limits) -> ProjectedGaussians:
+    """No-gradient CPU path of :func:`project`: the same arithmetic in one numba pass (float64)."""
+    import numpy as np
+
+    from ._kernels import project_all
+
+    arrays = [t.detach().contiguous().numpy() for t in
+              (scene.means, scene.log_scales, scene.quats, scene.opacity_logits, scene.sh_coeffs)]
+    degree = scene.sh_degree if sh_degree is None else sh_degree
+    intr = np.array([camera.fx, camera.fy, camera.cx, camera.cy], dtype=np.float64)
+    means2d, conics, depths, colours, opacities, keep = project_all(
+        *arrays, degree, camera.viewmat.numpy().astype(np.float64), intr, float(camera.width), float(camera.height),
+        float(near_plane), float(far_plane), float(eps2d), np.array(limits, dtype=np.float64),
+        camera.camera_center.numpy().astype(np.float64))
+    ids = np.flatnonzero(keep)
+    ids = ids[np.argsort(depths[ids], kind="stable")]
+    dtype = scene.means.dtype
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a[ids])).to(dtype)  # noqa: E731
+    return ProjectedGaussians(ids=torch.from_numpy(ids), means2d=to_t(means2d), conics=to_t(conics),
+                              depths=to_t(depths), colours=to_t(colours), opacities=to_t(opacities))
 
 
 def render(scene: GaussianScene, camera: Camera, *, background: torch.Tensor | tuple | None = None,

@@ -1,0 +1,119 @@
+"""Numba CPU fast path of :func:`air_core.splat3d.render.project` (used when no gradient is needed).
+
+It evaluates, per Gaussian and in float64, exactly the arithmetic of the PyTorch path (which is the
+differentiable reference and is tested against this one): activations, camera-space mean, the
+square root V = R_view R_q S of the camera-space covariance, the clamped EWA Jacobian, the dilated
+2D covariance and its conic, the 1/255 footprint test against the image, and the SH colour seen from
+the camera centre (same basis and constants as :mod:`air_core.splat3d.sh`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .sh import SH_C0, _C1, _C2, _C3
+
+
+@njit(inline="always")
+def _sh_channel(sh, g, ch, degree, x, y, z):
+    out = SH_C0 * sh[g, 0, ch]
+    if degree == 0:
+        return out
+    out += -_C1 * y * sh[g, 1, ch] + _C1 * z * sh[g, 2, ch] - _C1 * x * sh[g, 3, ch]
+    if degree == 1:
+        return out
+    xx, yy, zz = x * x, y * y, z * z
+    xy, yz, xz = x * y, y * z, x * z
+    out += (_C2[0] * xy * sh[g, 4, ch] + _C2[1] * yz * sh[g, 5, ch] + _C2[2] * (2.0 * zz - xx - yy) * sh[g, 6, ch]
+            + _C2[3] * xz * sh[g, 7, ch] + _C2[4] * (xx - yy) * sh[g, 8, ch])
+    if degree == 2:
+        return out
+    out += (_C3[0] * y * (3.0 * xx - yy) * sh[g, 9, ch] + _C3[1] * xy * z * sh[g, 10, ch]
+            + _C3[2] * y * (4.0 * zz - xx - yy) * sh[g, 11, ch]
+            + _C3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy) * sh[g, 12, ch]
+            + _C3[4] * x * (4.0 * zz - xx - yy) * sh[g, 13, ch] + _C3[5] * z * (xx - yy) * sh[g, 14, ch]
+            + _C3[6] * x * (xx - 3.0 * yy) * sh[g, 15, ch])
+    return out
+
+
+@njit(parallel=True, cache=True)
+def project_all(means, log_scales, quats, opacity_logits, sh, degree, viewmat, intr, width, height, near, far, eps2d,
+                limits, center):
+    """Project every Gaussian. ``intr`` = (fx, fy, cx, cy), ``limits`` = (x+, x-, y+, y-) of the
+    clamped tangent, ``center`` the camera centre.
+
+    Returns float64 arrays means2d [N, 2], conics [N, 3], depths [N], colours [N, 3],
+    opacities [N] and a bool mask [N] of the Gaussians that are in the depth range and on screen.
+    """
+    n = means.shape[0]
+    means2d = np.empty((n, 2))
+    conics = np.empty((n, 3))
+    depths = np.empty(n)
+    colours = np.empty((n, 3))
+    opacities = np.empty(n)
+    keep = np.zeros(n, dtype=np.bool_)
+    fx, fy, cx, cy = intr[0], intr[1], intr[2], intr[3]
+    for g in prange(n):
+        mx, my, mz = float(means[g, 0]), float(means[g, 1]), float(means[g, 2])
+        px = viewmat[0, 0] * mx + viewmat[0, 1] * my + viewmat[0, 2] * mz + viewmat[0, 3]
+        py = viewmat[1, 0] * mx + viewmat[1, 1] * my + viewmat[1, 2] * mz + viewmat[1, 3]
+        pz = viewmat[2, 0] * mx + viewmat[2, 1] * my + viewmat[2, 2] * mz + viewmat[2, 3]
+        depths[g] = pz
+        if not (pz > near and pz < far):
+            continue
+        qw, qx, qy, qz = float(quats[g, 0]), float(quats[g, 1]), float(quats[g, 2]), float(quats[g, 3])
+        qn = max(math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz), 1e-12)
+        qw, qx, qy, qz = qw / qn, qx / qn, qy / qn, qz / qn
+        rq = np.empty((3, 3))
+        rq[0, 0] = 1 - 2 * (qy * qy + qz * qz)
+        rq[0, 1] = 2 * (qx * qy - qw * qz)
+        rq[0, 2] = 2 * (qx * qz + qw * qy)
+        rq[1, 0] = 2 * (qx * qy + qw * qz)
+        rq[1, 1] = 1 - 2 * (qx * qx + qz * qz)
+        rq[1, 2] = 2 * (qy * qz - qw * qx)
+        rq[2, 0] = 2 * (qx * qz - qw * qy)
+        rq[2, 1] = 2 * (qy * qz + qw * qx)
+        rq[2, 2] = 1 - 2 * (qx * qx + qy * qy)
+        inv_z = 1.0 / pz
+        u = min(limits[0], max(-limits[1], px * inv_z))
+        w = min(limits[2], max(-limits[3], py * inv_z))
+        a = eps2d
+        b = 0.0
+        c = eps2d
+        for k in range(3):  # column k of V = R_view R_q S, then the rows of J V
+            s = math.exp(float(log_scales[g, k]))
+            v0 = (viewmat[0, 0] * rq[0, k] + viewmat[0, 1] * rq[1, k] + viewmat[0, 2] * rq[2, k]) * s
+            v1 = (viewmat[1, 0] * rq[0, k] + viewmat[1, 1] * rq[1, k] + viewmat[1, 2] * rq[2, k]) * s
+            v2 = (viewmat[2, 0] * rq[0, k] + viewmat[2, 1] * rq[1, k] + viewmat[2, 2] * rq[2, k]) * s
+            t0 = fx * inv_z * (v0 - u * v2)
+            t1 = fy * inv_z * (v1 - w * v2)
+            a += t0 * t0
+            b += t0 * t1
+            c += t1 * t1
+        det = a * c - b * b
+        o = 1.0 / (1.0 + math.exp(-float(opacity_logits[g])))
+        q = 2.0 * math.log(255.0 * o) if o > 0.0 else -1.0
+        if q <= 0.0 or det <= 0.0:
+            continue
+        x2 = fx * px * inv_z + cx
+        y2 = fy * py * inv_z + cy
+        rx = math.sqrt(q * a)
+        ry = math.sqrt(q * c)
+        if not (x2 + rx > 0.0 and x2 - rx < width and y2 + ry > 0.0 and y2 - ry < height):
+            continue
+        keep[g] = True
+        means2d[g, 0] = x2
+        means2d[g, 1] = y2
+        conics[g, 0] = c / det
+        conics[g, 1] = -b / det
+        conics[g, 2] = a / det
+        opacities[g] = o
+        dx, dy, dz = mx - center[0], my - center[1], mz - center[2]
+        dn = max(math.sqrt(dx * dx + dy * dy + dz * dz), 1e-12)
+        dx, dy, dz = dx / dn, dy / dn, dz / dn
+        for ch in range(3):
+            colours[g, ch] = max(_sh_channel(sh, g, ch, degree, dx, dy, dz) + 0.5, 0.0)
+    return means2d, conics, depths, colours, opacities, keep
