@@ -71,7 +71,8 @@ def _pick_backend(backend: str, device: torch.device) -> str:
 def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, colours: torch.Tensor,
                         opacities: torch.Tensor | None = None, *, width: int, height: int, mode: str = "sum",
                         background: torch.Tensor | None = None, return_derivatives: bool = False,
-                        backend: str = "auto", tile_size: int | tuple[int, int] = (16, 128)) -> RenderOutput:
+                        backend: str = "auto", tile_size: int | tuple[int, int] = (16, 128),
+                        derivative_channels: int | None = None) -> RenderOutput:
     """Rasterize projected 2D Gaussians onto a ``height`` x ``width`` pixel grid.
 
     Args:
@@ -88,6 +89,9 @@ def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, colours: to
             I = sum c alpha T + T_final * background (3DGS, Kerbl et al. 2023, Eq. 3).
         background: [C] background colour, alpha mode only (default zeros).
         return_derivatives: also return dI/dx, dI/dy, d2I/dxdy (Niedermayr et al. 2025, Sec. 3).
+        derivative_channels: with ``return_derivatives``, compute the derivatives of the first D
+            channels only (default all C); e.g. the 3DGS renderer blends depth as a fourth channel
+            but needs derivatives of RGB alone. The derivative tensors then have D channels.
         backend: "auto", "cpu" (numba tiles) or "dense" (all-pairs PyTorch reference).
         tile_size: tile (height, width) in pixels for binning, or one int for square tiles. There is no
             cap on Gaussians per tile. The default 16 x 128 keeps image rows long inside a tile (each
@@ -148,6 +152,9 @@ def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, colours: to
             raise ValueError("conics must be positive definite (a > 0 and a*c - b^2 > 0)")
         if n and not bool((opacities >= 0).all()):
             raise ValueError("opacities must be >= 0")
+    nder = nch if derivative_channels is None else derivative_channels
+    if not (isinstance(nder, int) and not isinstance(nder, bool) and 1 <= nder <= nch):
+        raise ValueError(f"derivative_channels must be an int in 1..{nch}, got {derivative_channels!r}")
     from ..images import check_memory
 
     check_memory(height * width * nch * 8 * (5 if return_derivatives else 2), f"a {width}x{height} render")
@@ -156,7 +163,7 @@ def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, colours: to
         from .cpu import rasterize_to_pixels_cpu
 
         image, trans, derivs = rasterize_to_pixels_cpu(means2d, conics, colours, opacities, background, width,
-                                                       height, mode, return_derivatives, tiles)
+                                                       height, mode, nder if return_derivatives else 0, tiles)
         if derivs is None:
             return RenderOutput(image, trans)
         return RenderOutput(image, trans, derivs[0], derivs[1], derivs[2])

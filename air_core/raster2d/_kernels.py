@@ -181,18 +181,16 @@ def _load_gaussian(g, means, conics, opacities, qmax, ry, y0, y1):
 
 @njit(parallel=True, cache=True)
 def forward(means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x, tiles_y,
-            height, width, tile_h, tile_w, alpha_mode, want_derivs):
-    """Render. Returns image [H, W, C], transmittance T [H, W] (1 in sum mode), last [H, W] (index
-    into ``ids`` of the last Gaussian blended per pixel, -1 if none; alpha mode), and derivatives
-    [3, H, W, C] (I_x, I_y, I_xy; zero-size when not wanted)."""
-    nch = colours.shape[1]
-    image = np.zeros((height, width, nch))
+            height, width, tile_h, tile_w, alpha_mode, want_derivs, image, derivs):
+    """Render into the zero-initialised outputs ``image`` [C, H, W] and ``derivs`` [3, D, H, W]
+    (I_x, I_y, I_xy of the first D <= C channels; any zero-size array when not wanted), whose dtype
+    (float32 or float64) the caller chooses; the blending arithmetic runs in float64.
+
+    Returns transmittance T [H, W] (1 in sum mode) and last [H, W] (index into ``ids`` of the last
+    Gaussian blended per pixel, -1 if none; alpha mode), both needed by the backward pass.
+    """
     trans = np.ones((height, width))
     last = np.full((height, width), -1, dtype=np.int64)
-    if want_derivs:
-        derivs = np.zeros((3, height, width, nch))
-    else:
-        derivs = np.zeros((3, 0, 0, nch))
     nt = tiles_x * tiles_y
     # static schedule over chunks; chunk c takes tiles c, c + n, c + 2n, ... so that each thread gets
     # tiles from all over the image (tiles differ a lot in cost)
@@ -200,7 +198,7 @@ def forward(means, conics, colours, opacities, background, qmax, ry, offsets, id
         for t in range(chunk, nt, N_FWD_CHUNKS):
             _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x,
                           height, width, tile_h, tile_w, alpha_mode, want_derivs, image, trans, last, derivs)
-    return image, trans, last, derivs
+    return trans, last
 
 
 @njit(cache=True)
@@ -208,6 +206,7 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, of
                   height, width, tile_h, tile_w, alpha_mode, want_derivs, image, trans, last, derivs):
     """Render tile t into the output arrays (the parallel loop only dispatches tiles)."""
     nch = colours.shape[1]
+    nder = derivs.shape[1] if want_derivs else 0
     cap = ALPHA_CAP if alpha_mode else 1.0
     x0, y0, x1, y1 = _tile_rect(t, tiles_x, tile_h, tile_w, height, width)
     npix = (x1 - x0) * (y1 - y0)
@@ -242,16 +241,16 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, of
                 lj = j - x0
                 if not alpha_mode:
                     for ch in range(nch):
-                        image[i, j, ch] += w * colours[g, ch]
+                        image[ch, i, j] += w * colours[g, ch]
                     if want_derivs and v < cap:
                         gx = -(a * dx + b * dy)
                         gy = -(b * dx + c * dy)
                         wxy = w * (gx * gy - b)
-                        for ch in range(nch):
+                        for ch in range(nder):
                             col = colours[g, ch]
-                            derivs[0, i, j, ch] += w * gx * col
-                            derivs[1, i, j, ch] += w * gy * col
-                            derivs[2, i, j, ch] += wxy * col
+                            derivs[0, ch, i, j] += w * gx * col
+                            derivs[1, ch, i, j] += w * gy * col
+                            derivs[2, ch, i, j] += wxy * col
                 else:
                     if done[li, lj]:
                         continue
@@ -263,7 +262,7 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, of
                         row_open[li] -= 1
                         continue
                     for ch in range(nch):
-                        image[i, j, ch] += colours[g, ch] * w * tcur
+                        image[ch, i, j] += colours[g, ch] * w * tcur
                     if want_derivs:
                         if v < cap:
                             gx = -(a * dx + b * dy)
@@ -278,11 +277,11 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, of
                         pax = ax[li, lj]
                         pay = ay[li, lj]
                         paxy = axy[li, lj]
-                        for ch in range(nch):
+                        for ch in range(nder):
                             col = colours[g, ch]
-                            derivs[0, i, j, ch] += col * (tcur * wx - pax * w)
-                            derivs[1, i, j, ch] += col * (tcur * wy - pay * w)
-                            derivs[2, i, j, ch] += col * (tcur * wxy - paxy * w - pax * wy - pay * wx)
+                            derivs[0, ch, i, j] += col * (tcur * wx - pax * w)
+                            derivs[1, ch, i, j] += col * (tcur * wy - pay * w)
+                            derivs[2, ch, i, j] += col * (tcur * wxy - paxy * w - pax * wy - pay * wx)
                         axy[li, lj] = paxy * (1.0 - w) + tcur * wxy - pax * wy - pay * wx
                         ax[li, lj] = pax * (1.0 - w) + tcur * wx
                         ay[li, lj] = pay * (1.0 - w) + tcur * wy
@@ -295,12 +294,12 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, of
             for j in range(x0, x1):
                 tt = trans[i, j]
                 for ch in range(nch):
-                    image[i, j, ch] += tt * background[ch]
+                    image[ch, i, j] += tt * background[ch]
                 if want_derivs:
-                    for ch in range(nch):
-                        derivs[0, i, j, ch] -= ax[i - y0, j - x0] * background[ch]
-                        derivs[1, i, j, ch] -= ay[i - y0, j - x0] * background[ch]
-                        derivs[2, i, j, ch] -= axy[i - y0, j - x0] * background[ch]
+                    for ch in range(nder):
+                        derivs[0, ch, i, j] -= ax[i - y0, j - x0] * background[ch]
+                        derivs[1, ch, i, j] -= ay[i - y0, j - x0] * background[ch]
+                        derivs[2, ch, i, j] -= axy[i - y0, j - x0] * background[ch]
 
 
 @njit(parallel=True, cache=True)
@@ -356,7 +355,7 @@ def _backward_tile(t, means, conics, colours, opacities, background, qmax, ry, o
                 tcur[i - y0, j - x0] = trans_final[i, j]
                 s = 0.0
                 for ch in range(nch):
-                    s += background[ch] * grad_image[i, j, ch]
+                    s += background[ch] * grad_image[ch, i, j]
                 bg_dot[i - y0, j - x0] = s * trans_final[i, j]
     for k in range(kstart, kend, kstep):
         g = ids[k]
@@ -380,7 +379,7 @@ def _backward_tile(t, means, conics, colours, opacities, background, qmax, ry, o
                 if not alpha_mode:
                     vw = 0.0
                     for ch in range(nch):
-                        go = grad_image[i, j, ch]
+                        go = grad_image[ch, i, j]
                         gr[g, 6 + ch] += w * go
                         vw += colours[g, ch] * go
                 else:
@@ -392,7 +391,7 @@ def _backward_tile(t, means, conics, colours, opacities, background, qmax, ry, o
                     fac = w * tt
                     vw = 0.0
                     for ch in range(nch):
-                        go = grad_image[i, j, ch]
+                        go = grad_image[ch, i, j]
                         col = colours[g, ch]
                         gr[g, 6 + ch] += fac * go
                         vw += (col * tt - behind[li, lj, ch] * ra) * go

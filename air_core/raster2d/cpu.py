@@ -28,17 +28,21 @@ def _bin(means: np.ndarray, conics: np.ndarray, opacities: np.ndarray, height: i
 
 class _Rasterize(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means2d, conics, colours, opacities, background, height, width, alpha_mode, want_derivs,
+    def forward(ctx, means2d, conics, colours, opacities, background, height, width, alpha_mode, deriv_channels,
                 tile_size):
         arrs = [_np64(t) for t in (means2d, conics, colours, opacities, background)]
         binning = _bin(arrs[0], arrs[1], arrs[3], height, width, tile_size)
-        image, trans, last, derivs = _kernels.forward(*arrs, *binning, height, width, *tile_size, alpha_mode,
-                                                      want_derivs)
         dtype, device = means2d.dtype, means2d.device
+        # outputs are written by the kernel directly in their final layout and (float32 / float64) dtype
+        out_dtype = np.float64 if dtype == torch.float64 else np.float32
+        image = np.zeros((colours.shape[1], height, width), dtype=out_dtype)
+        derivs = np.zeros((3, deriv_channels, height, width) if deriv_channels else (3, 0, 0, 0), dtype=out_dtype)
+        trans, last = _kernels.forward(*arrs, *binning, height, width, *tile_size, alpha_mode, deriv_channels > 0,
+                                       image, derivs)
         to_t = lambda a: torch.from_numpy(a).to(device=device, dtype=dtype)  # noqa: E731
-        image_t = to_t(image).permute(2, 0, 1).contiguous()
+        image_t = to_t(image)
         trans_t = to_t(trans)
-        derivs_t = to_t(derivs).permute(0, 3, 1, 2).contiguous() if want_derivs else None
+        derivs_t = to_t(derivs) if deriv_channels else None
         # the backward pass needs only the float64 copies the kernels already work on
         ctx.cache = (arrs, binning, trans, last, height, width, alpha_mode, tile_size, dtype, device)
         ctx.mark_non_differentiable(trans_t)
@@ -49,21 +53,22 @@ class _Rasterize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_image, grad_trans, grad_derivs):
         arrs, binning, trans, last, height, width, alpha_mode, tile_size, dtype, device = ctx.cache
-        g_img = np.ascontiguousarray(grad_image.detach().to("cpu", torch.float64).permute(1, 2, 0).numpy())
+        g_img = np.ascontiguousarray(grad_image.detach().to("cpu", torch.float64).numpy())
         grads = _kernels.backward(*arrs, *binning, height, width, *tile_size, alpha_mode, trans, last, g_img)
         grads = torch.from_numpy(grads).to(device=device, dtype=dtype)
         grad_bg = None
         if alpha_mode and ctx.needs_input_grad[4]:
-            grad_bg = torch.from_numpy(np.einsum("hw,hwc->c", trans, g_img)).to(device, dtype)
+            grad_bg = torch.from_numpy(np.einsum("hw,chw->c", trans, g_img)).to(device, dtype)
         return (grads[:, 0:2], grads[:, 2:5], grads[:, 6:], grads[:, 5], grad_bg, None, None, None, None, None)
 
 
 def rasterize_to_pixels_cpu(means2d: torch.Tensor, conics: torch.Tensor, colours: torch.Tensor,
                             opacities: torch.Tensor, background: torch.Tensor, width: int, height: int,
-                            mode: str, return_derivatives: bool, tile_size: tuple[int, int] = (16, 128)):
+                            mode: str, derivative_channels: int, tile_size: tuple[int, int] = (16, 128)):
     """See :func:`air_core.raster2d.rasterize_to_pixels`; inputs already validated.
 
-    Returns (image [C, H, W], transmittance [H, W], derivatives [3, C, H, W] or None).
+    Returns (image [C, H, W], transmittance [H, W], derivatives [3, D, H, W] or None), with
+    D = ``derivative_channels`` (0: no derivatives).
     """
     return _Rasterize.apply(means2d, conics, colours, opacities, background, int(height), int(width),
-                            mode == "alpha", bool(return_derivatives), (int(tile_size[0]), int(tile_size[1])))
+                            mode == "alpha", int(derivative_channels), (int(tile_size[0]), int(tile_size[1])))

@@ -229,10 +229,11 @@ def render(scene: GaussianScene, camera: Camera, *, background: torch.Tensor | t
     colours = torch.cat([proj.colours, proj.depths[:, None]], dim=1)
     out = rasterize_to_pixels(proj.means2d, proj.conics, colours, proj.opacities, width=camera.width,
                               height=camera.height, mode="alpha", background=torch.cat([background, background[:1] * 0]),
-                              return_derivatives=return_derivatives, backend=backend, tile_size=tile_size)
+                              return_derivatives=return_derivatives, backend=backend, tile_size=tile_size,
+                              derivative_channels=3)
     alpha = 1.0 - out.transmittance
     depth = torch.where(alpha > 1e-6, out.image[3] / alpha.clamp_min(1e-6), torch.zeros_like(alpha))
     derivs = (None, None, None)
     if return_derivatives:
-        derivs = (out.image_dx[:3], out.image_dy[:3], out.image_dxy[:3])
+        derivs = (out.image_dx, out.image_dy, out.image_dxy)
     return SplatRenderOutput(out.image[:3], alpha, depth, *derivs, num_visible=int(proj.ids.numel()))
