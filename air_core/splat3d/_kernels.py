@@ -39,6 +39,18 @@ def _sh_channel(sh, g, ch, degree, x, y, z):
     return out
 
 
+@njit(inline="always")
+def _add_column(viewmat, m0, m1, m2, gx, gy, u, w, a, b, c):
+    """Add column m of R_q S, rotated into the camera (v = R_view m) and mapped by the EWA Jacobian
+    rows (t0, t1) = (gx (v0 - u v2), gy (v1 - w v2)), to the 2D covariance (a, b, c)."""
+    v0 = viewmat[0, 0] * m0 + viewmat[0, 1] * m1 + viewmat[0, 2] * m2
+    v1 = viewmat[1, 0] * m0 + viewmat[1, 1] * m1 + viewmat[1, 2] * m2
+    v2 = viewmat[2, 0] * m0 + viewmat[2, 1] * m1 + viewmat[2, 2] * m2
+    t0 = gx * (v0 - u * v2)
+    t1 = gy * (v1 - w * v2)
+    return a + t0 * t0, b + t0 * t1, c + t1 * t1
+
+
 @njit(parallel=True, cache=True)
 def project_all(means, log_scales, quats, opacity_logits, sh, degree, viewmat, intr, width, height, near, far, eps2d,
                 limits, center):
@@ -67,32 +79,19 @@ def project_all(means, log_scales, quats, opacity_logits, sh, degree, viewmat, i
         qw, qx, qy, qz = float(quats[g, 0]), float(quats[g, 1]), float(quats[g, 2]), float(quats[g, 3])
         qn = max(math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz), 1e-12)
         qw, qx, qy, qz = qw / qn, qx / qn, qy / qn, qz / qn
-        rq = np.empty((3, 3))
-        rq[0, 0] = 1 - 2 * (qy * qy + qz * qz)
-        rq[0, 1] = 2 * (qx * qy - qw * qz)
-        rq[0, 2] = 2 * (qx * qz + qw * qy)
-        rq[1, 0] = 2 * (qx * qy + qw * qz)
-        rq[1, 1] = 1 - 2 * (qx * qx + qz * qz)
-        rq[1, 2] = 2 * (qy * qz - qw * qx)
-        rq[2, 0] = 2 * (qx * qz - qw * qy)
-        rq[2, 1] = 2 * (qy * qz + qw * qx)
-        rq[2, 2] = 1 - 2 * (qx * qx + qy * qy)
+        # rotation matrix of the unit quaternion (INRIA build_rotation), row-major scalars
+        r00, r01, r02 = 1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qw * qz), 2 * (qx * qz + qw * qy)
+        r10, r11, r12 = 2 * (qx * qy + qw * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qw * qx)
+        r20, r21, r22 = 2 * (qx * qz - qw * qy), 2 * (qy * qz + qw * qx), 1 - 2 * (qx * qx + qy * qy)
         inv_z = 1.0 / pz
         u = min(limits[0], max(-limits[1], px * inv_z))
         w = min(limits[2], max(-limits[3], py * inv_z))
-        a = eps2d
-        b = 0.0
-        c = eps2d
-        for k in range(3):  # column k of V = R_view R_q S, then the rows of J V
-            s = math.exp(float(log_scales[g, k]))
-            v0 = (viewmat[0, 0] * rq[0, k] + viewmat[0, 1] * rq[1, k] + viewmat[0, 2] * rq[2, k]) * s
-            v1 = (viewmat[1, 0] * rq[0, k] + viewmat[1, 1] * rq[1, k] + viewmat[1, 2] * rq[2, k]) * s
-            v2 = (viewmat[2, 0] * rq[0, k] + viewmat[2, 1] * rq[1, k] + viewmat[2, 2] * rq[2, k]) * s
-            t0 = fx * inv_z * (v0 - u * v2)
-            t1 = fy * inv_z * (v1 - w * v2)
-            a += t0 * t0
-            b += t0 * t1
-            c += t1 * t1
+        s0 = math.exp(float(log_scales[g, 0]))
+        s1 = math.exp(float(log_scales[g, 1]))
+        s2 = math.exp(float(log_scales[g, 2]))
+        a, b, c = _add_column(viewmat, r00 * s0, r10 * s0, r20 * s0, fx * inv_z, fy * inv_z, u, w, eps2d, 0.0, eps2d)
+        a, b, c = _add_column(viewmat, r01 * s1, r11 * s1, r21 * s1, fx * inv_z, fy * inv_z, u, w, a, b, c)
+        a, b, c = _add_column(viewmat, r02 * s2, r12 * s2, r22 * s2, fx * inv_z, fy * inv_z, u, w, a, b, c)
         det = a * c - b * b
         o = 1.0 / (1.0 + math.exp(-float(opacity_logits[g])))
         q = 2.0 * math.log(255.0 * o) if o > 0.0 else -1.0
@@ -117,3 +116,58 @@ def project_all(means, log_scales, quats, opacity_logits, sh, degree, viewmat, i
         for ch in range(3):
             colours[g, ch] = max(_sh_channel(sh, g, ch, degree, dx, dy, dz) + 0.5, 0.0)
     return means2d, conics, depths, colours, opacities, keep
+
+
+@njit(cache=True)
+def _radix_argsort_positive(ids, keys):
+    """``ids`` reordered so that keys[ids] ascends; stable. Keys must be positive finite float64
+    (depths beyond the near plane), whose IEEE-754 bit patterns then sort like unsigned integers:
+    a least-significant-digit radix sort, 4 passes of 16 bits (several times faster than a merge
+    sort for the 10^4..10^6 Gaussians of a scene)."""
+    m = ids.shape[0]
+    bits = np.empty(m, dtype=np.uint64)
+    for k in range(m):
+        bits[k] = keys[ids[k]:ids[k] + 1].view(np.uint64)[0]
+    src_ids, src_bits = ids.copy(), bits
+    dst_ids, dst_bits = np.empty_like(ids), np.empty_like(bits)
+    counts = np.empty(65537, dtype=np.int64)
+    for shift in range(0, 64, 16):
+        counts[:] = 0
+        for k in range(m):
+            counts[((src_bits[k] >> np.uint64(shift)) & np.uint64(0xFFFF)) + 1] += 1
+        if counts.max() == m:  # every key has the same digit: nothing to reorder
+            continue
+        for d in range(65536):
+            counts[d + 1] += counts[d]
+        for k in range(m):
+            d = (src_bits[k] >> np.uint64(shift)) & np.uint64(0xFFFF)
+            pos = counts[d]
+            counts[d] = pos + 1
+            dst_ids[pos] = src_ids[k]
+            dst_bits[pos] = src_bits[k]
+        src_ids, dst_ids = dst_ids, src_ids
+        src_bits, dst_bits = dst_bits, src_bits
+    return src_ids
+
+
+@njit(cache=True)
+def compact_sorted(keep, depths, means2d, conics, colours, opacities):
+    """Kept Gaussians sorted front to back (stable in index order): returns ids [M] and the gathered
+    means2d [M, 2], conics [M, 3], depths [M], colours [M, 3], opacities [M] (float64)."""
+    ids = _radix_argsort_positive(np.flatnonzero(keep), depths)
+    m = ids.shape[0]
+    out_means = np.empty((m, 2))
+    out_conics = np.empty((m, 3))
+    out_depths = np.empty(m)
+    out_colours = np.empty((m, 3))
+    out_opacities = np.empty(m)
+    for k in range(m):
+        g = ids[k]
+        out_means[k, 0] = means2d[g, 0]
+        out_means[k, 1] = means2d[g, 1]
+        for j in range(3):
+            out_conics[k, j] = conics[g, j]
+            out_colours[k, j] = colours[g, j]
+        out_depths[k] = depths[g]
+        out_opacities[k] = opacities[g]
+    return ids, out_means, out_conics, out_depths, out_colours, out_opacities

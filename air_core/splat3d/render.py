@@ -177,7 +177,7 @@ def _project_numba(scene, camera, near_plane, far_plane, eps2d, sh_degree, limit
     """No-gradient CPU path of :func:`project`: the same arithmetic in one numba pass (float64)."""
     import numpy as np
 
-    from ._kernels import project_all
+    from ._kernels import compact_sorted, project_all
 
     arrays = [t.detach().contiguous().numpy() for t in
               (scene.means, scene.log_scales, scene.quats, scene.opacity_logits, scene.sh_coeffs)]
@@ -187,12 +187,11 @@ def _project_numba(scene, camera, near_plane, far_plane, eps2d, sh_degree, limit
         *arrays, degree, camera.viewmat.numpy().astype(np.float64), intr, float(camera.width), float(camera.height),
         float(near_plane), float(far_plane), float(eps2d), np.array(limits, dtype=np.float64),
         camera.camera_center.numpy().astype(np.float64))
-    ids = np.flatnonzero(keep)
-    ids = ids[np.argsort(depths[ids], kind="stable")]
+    ids, *fields = compact_sorted(keep, depths, means2d, conics, colours, opacities)
     dtype = scene.means.dtype
-    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a[ids])).to(dtype)  # noqa: E731
-    return ProjectedGaussians(ids=torch.from_numpy(ids), means2d=to_t(means2d), conics=to_t(conics),
-                              depths=to_t(depths), colours=to_t(colours), opacities=to_t(opacities))
+    means2d, conics, depths, colours, opacities = (torch.from_numpy(a).to(dtype) for a in fields)
+    return ProjectedGaussians(ids=torch.from_numpy(ids), means2d=means2d, conics=conics, depths=depths,
+                              colours=colours, opacities=opacities)
 
 
 def render(scene: GaussianScene, camera: Camera, *, background: torch.Tensor | tuple | None = None,
