@@ -204,17 +204,23 @@ def forward(means, conics, colours, opacities, background, qmax, ry, offsets, id
 @njit(cache=True)
 def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x,
                   height, width, tile_h, tile_w, alpha_mode, want_derivs, image, trans, last, derivs):
-    """Render tile t into the output arrays (the parallel loop only dispatches tiles)."""
+    """Render tile t into the output arrays (the parallel loop only dispatches tiles).
+
+    The tile accumulates in float64 buffers laid out pixel-major (all values of one pixel side by
+    side, so a blended pixel touches one or two cache lines) and writes the outputs once at the end.
+    """
     nch = colours.shape[1]
     nder = derivs.shape[1] if want_derivs else 0
     cap = ALPHA_CAP if alpha_mode else 1.0
     x0, y0, x1, y1 = _tile_rect(t, tiles_x, tile_h, tile_w, height, width)
     npix = (x1 - x0) * (y1 - y0)
     ndone = 0
-    # transmittance-derivative state (alpha mode): A_x, A_y, A_xy of A = 1 - T
-    ax = np.zeros((tile_h, tile_w))
-    ay = np.zeros((tile_h, tile_w))
-    axy = np.zeros((tile_h, tile_w))
+    img = np.zeros((tile_h, tile_w, nch))
+    tr = np.ones((tile_h, tile_w))
+    lst = np.full((tile_h, tile_w), -1, dtype=np.int64)
+    # derivative state per pixel: I_x, I_y, I_xy of each channel, then (alpha mode) A_x, A_y, A_xy of
+    # the accumulated alpha A = 1 - T
+    der = np.zeros((tile_h, tile_w, 3 * nder + 3))
     done = np.zeros((tile_h, tile_w), dtype=np.bool_)
     # alpha mode: pixels of each tile row still blending; a row with none left is skipped whole
     row_open = np.full(tile_h, x1 - x0, dtype=np.int64)
@@ -222,7 +228,8 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, of
         g = ids[k]
         mx, my, a, b, c, q, o, i0, i1, m = _load_gaussian(g, means, conics, opacities, qmax, ry, y0, y1)
         for i in range(i0, i1 + 1):
-            if alpha_mode and row_open[i - y0] == 0:
+            li = i - y0
+            if alpha_mode and row_open[li] == 0:
                 continue
             j0, j1 = _row_span(mx, my, a, b, c, q, i, x0, x1)
             if j0 > j1:
@@ -237,32 +244,34 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, of
                 if v < MIN_WEIGHT:
                     continue
                 w = min(cap, v)
-                li = i - y0
                 lj = j - x0
                 if not alpha_mode:
                     for ch in range(nch):
-                        image[ch, i, j] += w * colours[g, ch]
+                        img[li, lj, ch] += w * colours[g, ch]
                     if want_derivs and v < cap:
                         gx = -(a * dx + b * dy)
                         gy = -(b * dx + c * dy)
+                        wx = w * gx
+                        wy = w * gy
                         wxy = w * (gx * gy - b)
                         for ch in range(nder):
                             col = colours[g, ch]
-                            derivs[0, ch, i, j] += w * gx * col
-                            derivs[1, ch, i, j] += w * gy * col
-                            derivs[2, ch, i, j] += wxy * col
+                            der[li, lj, 3 * ch] += wx * col
+                            der[li, lj, 3 * ch + 1] += wy * col
+                            der[li, lj, 3 * ch + 2] += wxy * col
                 else:
                     if done[li, lj]:
                         continue
-                    tcur = trans[i, j]
+                    tcur = tr[li, lj]
                     tnext = tcur * (1.0 - w)
                     if tnext <= T_STOP:
                         done[li, lj] = True
                         ndone += 1
                         row_open[li] -= 1
                         continue
+                    wt = w * tcur
                     for ch in range(nch):
-                        image[ch, i, j] += colours[g, ch] * w * tcur
+                        img[li, lj, ch] += colours[g, ch] * wt
                     if want_derivs:
                         if v < cap:
                             gx = -(a * dx + b * dy)
@@ -274,32 +283,41 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, of
                             wx = 0.0
                             wy = 0.0
                             wxy = 0.0
-                        pax = ax[li, lj]
-                        pay = ay[li, lj]
-                        paxy = axy[li, lj]
+                        pax = der[li, lj, 3 * nder]
+                        pay = der[li, lj, 3 * nder + 1]
+                        paxy = der[li, lj, 3 * nder + 2]
+                        # d(T alpha)/dx, /dy, d2/dxdy with T = 1 - A (front-to-back recurrences)
+                        dwx = tcur * wx - pax * w
+                        dwy = tcur * wy - pay * w
+                        dwxy = tcur * wxy - paxy * w - pax * wy - pay * wx
                         for ch in range(nder):
                             col = colours[g, ch]
-                            derivs[0, ch, i, j] += col * (tcur * wx - pax * w)
-                            derivs[1, ch, i, j] += col * (tcur * wy - pay * w)
-                            derivs[2, ch, i, j] += col * (tcur * wxy - paxy * w - pax * wy - pay * wx)
-                        axy[li, lj] = paxy * (1.0 - w) + tcur * wxy - pax * wy - pay * wx
-                        ax[li, lj] = pax * (1.0 - w) + tcur * wx
-                        ay[li, lj] = pay * (1.0 - w) + tcur * wy
-                    trans[i, j] = tnext
-                    last[i, j] = k
+                            der[li, lj, 3 * ch] += col * dwx
+                            der[li, lj, 3 * ch + 1] += col * dwy
+                            der[li, lj, 3 * ch + 2] += col * dwxy
+                        der[li, lj, 3 * nder] = pax + dwx
+                        der[li, lj, 3 * nder + 1] = pay + dwy
+                        der[li, lj, 3 * nder + 2] = paxy + dwxy
+                    tr[li, lj] = tnext
+                    lst[li, lj] = k
         if alpha_mode and ndone == npix:
             break
-    if alpha_mode:
-        for i in range(y0, y1):
-            for j in range(x0, x1):
-                tt = trans[i, j]
-                for ch in range(nch):
-                    image[ch, i, j] += tt * background[ch]
-                if want_derivs:
-                    for ch in range(nder):
-                        derivs[0, ch, i, j] -= ax[i - y0, j - x0] * background[ch]
-                        derivs[1, ch, i, j] -= ay[i - y0, j - x0] * background[ch]
-                        derivs[2, ch, i, j] -= axy[i - y0, j - x0] * background[ch]
+    # write out (alpha mode: background seen through the final T, I_x -= A_x bg, ...)
+    for i in range(y0, y1):
+        li = i - y0
+        for j in range(x0, x1):
+            lj = j - x0
+            tt = tr[li, lj]
+            trans[i, j] = tt
+            last[i, j] = lst[li, lj]
+            for ch in range(nch):
+                image[ch, i, j] = img[li, lj, ch] + (tt * background[ch] if alpha_mode else 0.0)
+            for ch in range(nder):
+                for d in range(3):
+                    value = der[li, lj, 3 * ch + d]
+                    if alpha_mode:
+                        value -= der[li, lj, 3 * nder + d] * background[ch]
+                    derivs[d, ch, i, j] = value
 
 
 @njit(parallel=True, cache=True)
