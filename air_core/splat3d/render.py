@@ -197,7 +197,7 @@ def _project_numba(scene, camera, near_plane, far_plane, eps2d, sh_degree, limit
 def render(scene: GaussianScene, camera: Camera, *, background: torch.Tensor | tuple | None = None,
            return_derivatives: bool = False, sh_degree: int | None = None, near_plane: float = 0.01,
            far_plane: float = 1e10, eps2d: float = 0.3, backend: str = "auto",
-           tile_size: int | tuple[int, int] = (16, 128)) -> SplatRenderOutput:
+           tile_size: int | tuple[int, int] = (16, 16)) -> SplatRenderOutput:
     """Render a 3DGS scene from a camera at the camera's resolution (``camera.width`` x ``camera.height``).
 
     Args:
@@ -209,7 +209,9 @@ def render(scene: GaussianScene, camera: Camera, *, background: torch.Tensor | t
             :func:`air_core.upscale.hermite_upscale`.
         sh_degree, near_plane, far_plane, eps2d: see :func:`project`.
         backend: "auto", "cpu" (numba tiles) or "dense" (all-pairs PyTorch reference; no derivatives).
-        tile_size: rasterizer tile (height, width) in pixels.
+        tile_size: rasterizer tile (height, width) in pixels. 16 x 16 (as in 3DGS / gsplat) lets
+            opaque regions stop early: a pixel whose transmittance reached 1e-4 still costs a visit
+            from every later Gaussian of its tile until its whole tile row is done.
 
     Returns:
         :class:`SplatRenderOutput`.
