@@ -15,8 +15,10 @@ A term is skipped when v < 1/255, i.e. when q > Q_g = 2 ln(255 o_g). Each Gaussi
 on the pixels of its ellipse q <= Q_g: tiles give the parallel work units and every image row of a
 tile is clipped to the exact span where the ellipse is crossed (the solution of a quadratic), then
 tested per pixel, so the work is the number of contributing Gaussian-pixel pairs plus a one-pixel
-margin per row. Along a row the weight follows a multiplicative recurrence (three exp() per row
-instead of one per pixel, see ``_row_start``). There is no cap on the number of Gaussians per tile.
+margin per row. Along a row the weight follows a multiplicative recurrence (see ``_row_start``),
+and from row to row the row-start state follows one too (see ``_walk_start``), so a Gaussian
+costs a few exp() in all rather than one per pixel. There is no cap on the number of Gaussians
+per tile. Each tile accumulates in small pixel-major buffers and writes the outputs once.
 
 Image-space derivatives (Niedermayr et al. 2025, "Lightweight Gradient-Aware Upscaling of 3D
 Gaussian Splatting Images"): g = -q/2, g_x = -(a dx + b dy), g_y = -(b dx + c dy), g_xy = -b,
@@ -64,6 +66,26 @@ def extents(conics, opacities):
         rx[g] = math.sqrt(q * c / det)
         ry[g] = math.sqrt(q * a / det)
     return qmax, rx, ry
+
+
+@njit(cache=True)
+def gaussian_constants(conics, qmax):
+    """Per-Gaussian constants of the row traversal, computed once per render: [N, 6] with
+    1 / a, det = a c - b^2, a Q, and the recurrence factors exp(-a), exp(-b), exp(-c) (-1 where a
+    recurrence is not used: exp(-a) needs a <= RECURRENCE_MAX_A, the row-to-row walker needs both
+    a and c <= RECURRENCE_MAX_A; see ``_walk_start``)."""
+    n = conics.shape[0]
+    out = np.empty((n, 6))
+    for g in range(n):
+        a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
+        out[g, 0] = 1.0 / a if a > 0.0 else 0.0
+        out[g, 1] = a * c - b * b
+        out[g, 2] = a * qmax[g]
+        out[g, 3] = math.exp(-a) if a <= RECURRENCE_MAX_A else -1.0
+        walk = a <= RECURRENCE_MAX_A and c <= RECURRENCE_MAX_A
+        out[g, 4] = math.exp(-b) if walk else -1.0
+        out[g, 5] = math.exp(-c) if walk else -1.0
+    return out
 
 
 @njit(cache=True)
@@ -116,18 +138,19 @@ def bin_tiles(means, qmax, rx, ry, height, width, tile_h, tile_w):
 
 
 @njit(inline="always")
-def _row_span(mx, my, a, b, c, q, i, x0, x1):
-    """Columns [j0, j1] of row i (clipped to [x0, x1)) that may lie inside q(d) <= Q; j0 > j1 if none."""
+def _row_span(mx, my, b, inv_a, det, aq, i, x0, x1):
+    """Columns [j0, j1] of row i (clipped to [x0, x1)) that may lie inside q(d) <= Q; j0 > j1 if none.
+
+    The ellipse a dx^2 + 2 b dx dy + c dy^2 = Q crosses the row at dx = (-b dy -+ sqrt(aQ - det dy^2)) / a.
+    """
     dy = i + 0.5 - my
-    det = a * c - b * b
-    disc = a * q - det * dy * dy
+    disc = aq - det * dy * dy
     if disc < 0.0:
         return 1, 0
     s = math.sqrt(disc)
-    lo = mx + (-b * dy - s) / a
-    hi = mx + (-b * dy + s) / a
-    j0 = max(x0, int(math.floor(lo - 0.5)))
-    j1 = min(x1 - 1, int(math.ceil(hi - 0.5)))
+    bdy = -b * dy
+    j0 = max(x0, int(math.floor(mx + (bdy - s) * inv_a - 0.5)))
+    j1 = min(x1 - 1, int(math.ceil(mx + (bdy + s) * inv_a - 0.5)))
     return j0, j1
 
 
@@ -158,6 +181,48 @@ def _row_step(e, r, m, a, b, c, dx, dy):
     return math.exp(-0.5 * (a * dx * dx + 2.0 * b * dx * dy + c * dy * dy)), r
 
 
+# From one row to the next the row-start state follows recurrences too (Gaussians with a and c
+# <= RECURRENCE_MAX_A): with E = e(dx, dy), R = e(dx + 1, dy) / E and V = e(dx, dy + 1) / E,
+#     down:  E <- E V,  R <- R exp(-b),  V <- V exp(-c)
+#     right: E <- E R,  R <- R exp(-a),  V <- V exp(-b)      (left: the inverse steps)
+# so a row costs a few multiplications instead of two exp(). The state is restarted with three
+# exp() when the new row starts more than WALK_MAX_SHIFT columns away or the weight is tiny (far
+# outside the ellipse after skipped rows), which bounds the rounding drift (~1e-15 relative).
+WALK_MAX_SHIFT = 8
+
+
+@njit(inline="always")
+def _walk_start(a, b, c, mx, dy, j0):
+    """Walker state (E, R, V) at column j0 of the row at offset dy."""
+    dx = j0 + 0.5 - mx
+    return (math.exp(-0.5 * (a * dx * dx + 2.0 * b * dx * dy + c * dy * dy)), math.exp(-a * dx - 0.5 * a - b * dy),
+            math.exp(-(b * dx + c * dy) - 0.5 * c))
+
+
+@njit(inline="always")
+def _row_begin(live, st_e, st_r, st_v, jp, j0, dy, a, b, c, mx, ma, mb):
+    """Weight and row step factor at the first pixel j0 of a row, and the updated walker state
+    (see above). ``live`` says whether (st_e, st_r, st_v) holds the state at column jp of this row."""
+    if mb < 0.0:
+        e, r = _row_start(a, b, c, mx, dy, j0, ma)
+        return e, r, False, st_e, st_r, st_v, jp
+    if live and abs(j0 - jp) <= WALK_MAX_SHIFT and st_e > 1e-250:
+        while jp < j0:
+            st_e *= st_r
+            st_v *= mb
+            st_r *= ma
+            jp += 1
+        while jp > j0:
+            st_r /= ma
+            st_e /= st_r
+            st_v /= mb
+            jp -= 1
+    else:
+        st_e, st_r, st_v = _walk_start(a, b, c, mx, dy, j0)
+        jp = j0
+    return st_e, st_r, True, st_e, st_r, st_v, jp
+
+
 @njit(inline="always")
 def _tile_rect(t, tiles_x, tile_h, tile_w, height, width):
     """Pixel rectangle [x0, x1) x [y0, y1) of tile t (row-major tile order)."""
@@ -167,20 +232,18 @@ def _tile_rect(t, tiles_x, tile_h, tile_w, height, width):
 
 
 @njit(inline="always")
-def _load_gaussian(g, means, conics, opacities, qmax, ry, y0, y1):
-    """Gaussian g's mean, conic, cut-off, opacity, its rows [i0, i1] inside [y0, y1) and the row
-    recurrence factor m (see ``_row_start``)."""
-    mx = means[g, 0]
+def _load_gaussian(g, means, conics, opacities, qmax, ry, consts, y0, y1):
+    """Gaussian g's mean, conic, cut-off, opacity, its rows [i0, i1] inside [y0, y1) and its
+    traversal constants (see ``gaussian_constants``)."""
     my = means[g, 1]
-    a = conics[g, 0]
     i0 = max(y0, int(math.floor(my - ry[g] - 0.5)))
     i1 = min(y1 - 1, int(math.ceil(my + ry[g] - 0.5)))
-    m = math.exp(-a) if a <= RECURRENCE_MAX_A else -1.0
-    return mx, my, a, conics[g, 1], conics[g, 2], qmax[g], opacities[g], i0, i1, m
+    return (means[g, 0], my, conics[g, 0], conics[g, 1], conics[g, 2], qmax[g], opacities[g], i0, i1,
+            consts[g, 0], consts[g, 1], consts[g, 2], consts[g, 3], consts[g, 4], consts[g, 5])
 
 
 @njit(parallel=True, cache=True)
-def forward(means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x, tiles_y,
+def forward(means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x, tiles_y,
             height, width, tile_h, tile_w, alpha_mode, want_derivs, image, derivs):
     """Render into the zero-initialised outputs ``image`` [C, H, W] and ``derivs`` [3, D, H, W]
     (I_x, I_y, I_xy of the first D <= C channels; any zero-size array when not wanted), whose dtype
@@ -196,13 +259,13 @@ def forward(means, conics, colours, opacities, background, qmax, ry, offsets, id
     # tiles from all over the image (tiles differ a lot in cost)
     for chunk in prange(N_FWD_CHUNKS):
         for t in range(chunk, nt, N_FWD_CHUNKS):
-            _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x,
+            _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x,
                           height, width, tile_h, tile_w, alpha_mode, want_derivs, image, trans, last, derivs)
     return trans, last
 
 
 @njit(cache=True)
-def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x,
+def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x,
                   height, width, tile_h, tile_w, alpha_mode, want_derivs, image, trans, last, derivs):
     """Render tile t into the output arrays (the parallel loop only dispatches tiles).
 
@@ -226,16 +289,24 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, of
     row_open = np.full(tile_h, x1 - x0, dtype=np.int64)
     for k in range(offsets[t], offsets[t + 1]):
         g = ids[k]
-        mx, my, a, b, c, q, o, i0, i1, m = _load_gaussian(g, means, conics, opacities, qmax, ry, y0, y1)
+        mx, my, a, b, c, q, o, i0, i1, inv_a, det, aq, m, mb, mc = _load_gaussian(
+            g, means, conics, opacities, qmax, ry, consts, y0, y1)
+        live = False
+        st_e = st_r = st_v = 0.0
+        jp = 0
         for i in range(i0, i1 + 1):
+            if live:  # walker state to this row
+                st_e *= st_v
+                st_r *= mb
+                st_v *= mc
             li = i - y0
             if alpha_mode and row_open[li] == 0:
                 continue
-            j0, j1 = _row_span(mx, my, a, b, c, q, i, x0, x1)
+            j0, j1 = _row_span(mx, my, b, inv_a, det, aq, i, x0, x1)
             if j0 > j1:
                 continue
             dy = i + 0.5 - my
-            e, r = _row_start(a, b, c, mx, dy, j0, m)
+            e, r, live, st_e, st_r, st_v, jp = _row_begin(live, st_e, st_r, st_v, jp, j0, dy, a, b, c, mx, m, mb)
             for j in range(j0, j1 + 1):
                 dx = j + 0.5 - mx
                 if j > j0:
@@ -321,7 +392,7 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, of
 
 
 @njit(parallel=True, cache=True)
-def backward(means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x, tiles_y,
+def backward(means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x, tiles_y,
              height, width, tile_h, tile_w, alpha_mode, trans_final, last, grad_image):
     """Gradients of a scalar loss given dL/dimage [H, W, C].
 
@@ -334,7 +405,7 @@ def backward(means, conics, colours, opacities, background, qmax, ry, offsets, i
     nt = tiles_x * tiles_y
     for chunk in prange(N_GRAD_CHUNKS):
         for t in range(chunk, nt, N_GRAD_CHUNKS):
-            _backward_tile(t, means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x,
+            _backward_tile(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x,
                            height, width, tile_h, tile_w, alpha_mode, trans_final, last, grad_image, grads[chunk])
     out = np.zeros((n, 6 + nch))
     for chunk in range(N_GRAD_CHUNKS):
@@ -343,7 +414,7 @@ def backward(means, conics, colours, opacities, background, qmax, ry, offsets, i
 
 
 @njit(cache=True)
-def _backward_tile(t, means, conics, colours, opacities, background, qmax, ry, offsets, ids, tiles_x,
+def _backward_tile(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x,
                    height, width, tile_h, tile_w, alpha_mode, trans_final, last, grad_image, gr):
     """Accumulate the gradients of tile t into gr [N, 6 + C]."""
     nch = colours.shape[1]
@@ -377,13 +448,21 @@ def _backward_tile(t, means, conics, colours, opacities, background, qmax, ry, o
                 bg_dot[i - y0, j - x0] = s * trans_final[i, j]
     for k in range(kstart, kend, kstep):
         g = ids[k]
-        mx, my, a, b, c, q, o, i0, i1, m = _load_gaussian(g, means, conics, opacities, qmax, ry, y0, y1)
+        mx, my, a, b, c, q, o, i0, i1, inv_a, det, aq, m, mb, mc = _load_gaussian(
+            g, means, conics, opacities, qmax, ry, consts, y0, y1)
+        live = False
+        st_e = st_r = st_v = 0.0
+        jp = 0
         for i in range(i0, i1 + 1):
-            j0, j1 = _row_span(mx, my, a, b, c, q, i, x0, x1)
+            if live:
+                st_e *= st_v
+                st_r *= mb
+                st_v *= mc
+            j0, j1 = _row_span(mx, my, b, inv_a, det, aq, i, x0, x1)
             if j0 > j1:
                 continue
             dy = i + 0.5 - my
-            e, r = _row_start(a, b, c, mx, dy, j0, m)
+            e, r, live, st_e, st_r, st_v, jp = _row_begin(live, st_e, st_r, st_v, jp, j0, dy, a, b, c, mx, m, mb)
             for j in range(j0, j1 + 1):
                 dx = j + 0.5 - mx
                 if j > j0:

@@ -23,7 +23,7 @@ def _bin(means: np.ndarray, conics: np.ndarray, opacities: np.ndarray, height: i
          tile: tuple[int, int]):
     qmax, rx, ry = _kernels.extents(conics, opacities)
     offsets, ids, tiles_x, tiles_y = _kernels.bin_tiles(means, qmax, rx, ry, height, width, *tile)
-    return qmax, ry, offsets, ids, tiles_x, tiles_y
+    return qmax, ry, _kernels.gaussian_constants(conics, qmax), offsets, ids, tiles_x, tiles_y
 
 
 class _Rasterize(torch.autograd.Function):
