@@ -103,7 +103,7 @@ def main() -> None:
                         row[f"{tag}_{m}_ssim"] = float(ssim(img, ref))
                     if not picture_done and size == max(args.sizes) and k == max(args.scales):
                         save_views(ref, results["hermite"].clamp(0, 1), results["bicubic"].clamp(0, 1),
-                                   out_dir / "splat_upscale_views.png", tag)
+                                   full.alpha, out_dir / "splat_upscale_views.png", tag)
                         picture_done = True
                 rows.append(row)
                 print(json.dumps({kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in row.items()}),
@@ -115,7 +115,14 @@ def main() -> None:
     table(rows, args)
 
 
-def save_views(ref, hermite, bicubic, path: Path, tag: str) -> None:
+def save_views(ref, hermite, bicubic, alpha, path: Path, tag: str) -> None:
+    """Crop to the object (alpha > 0.01, 16 px margin) and tile the three images over their error maps."""
+    rows = torch.nonzero((alpha > 0.01).any(1)).squeeze(1)
+    cols = torch.nonzero((alpha > 0.01).any(0)).squeeze(1)
+    y0, y1 = max(0, int(rows.min()) - 16), min(alpha.shape[0], int(rows.max()) + 17)
+    x0, x1 = max(0, int(cols.min()) - 16), min(alpha.shape[1], int(cols.max()) + 17)
+    ref, hermite, bicubic = (t[:, y0:y1, x0:x1] for t in (ref, hermite, bicubic))
+
     def err(img):
         return ((img - ref).abs().mean(0, keepdim=True) * 4).clamp(0, 1).expand(3, -1, -1)
 
