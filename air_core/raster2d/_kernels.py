@@ -285,8 +285,10 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, co
     # the accumulated alpha A = 1 - T
     der = np.zeros((tile_h, tile_w, 3 * nder + 3))
     done = np.zeros((tile_h, tile_w), dtype=np.bool_)
-    # alpha mode: pixels of each tile row still blending; a row with none left is skipped whole
-    row_open = np.full(tile_h, x1 - x0, dtype=np.int64)
+    # alpha mode: the columns [row_lo, row_hi] of each tile row that still hold unfinished pixels
+    # (finished pixels at either end are trimmed off; a row with none left has row_lo > row_hi)
+    row_lo = np.full(tile_h, x0, dtype=np.int64)
+    row_hi = np.full(tile_h, x1 - 1, dtype=np.int64)
     for k in range(offsets[t], offsets[t + 1]):
         g = ids[k]
         mx, my, a, b, c, q, o, i0, i1, inv_a, det, aq, m, mb, mc = _load_gaussian(
@@ -300,9 +302,12 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, co
                 st_r *= mb
                 st_v *= mc
             li = i - y0
-            if alpha_mode and row_open[li] == 0:
+            if alpha_mode and row_lo[li] > row_hi[li]:
                 continue
             j0, j1 = _row_span(mx, my, b, inv_a, det, aq, i, x0, x1)
+            if alpha_mode:
+                j0 = max(j0, row_lo[li])
+                j1 = min(j1, row_hi[li])
             if j0 > j1:
                 continue
             dy = i + 0.5 - my
@@ -338,7 +343,10 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, co
                     if tnext <= T_STOP:
                         done[li, lj] = True
                         ndone += 1
-                        row_open[li] -= 1
+                        while row_lo[li] <= row_hi[li] and done[li, row_lo[li] - x0]:
+                            row_lo[li] += 1
+                        while row_hi[li] >= row_lo[li] and done[li, row_hi[li] - x0]:
+                            row_hi[li] -= 1
                         continue
                     wt = w * tcur
                     for ch in range(nch):

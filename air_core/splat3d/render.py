@@ -197,7 +197,7 @@ def _project_numba(scene, camera, near_plane, far_plane, eps2d, sh_degree, limit
 def render(scene: GaussianScene, camera: Camera, *, background: torch.Tensor | tuple | None = None,
            return_derivatives: bool = False, sh_degree: int | None = None, near_plane: float = 0.01,
            far_plane: float = 1e10, eps2d: float = 0.3, backend: str = "auto",
-           tile_size: int | tuple[int, int] = (16, 16)) -> SplatRenderOutput:
+           tile_size: int | tuple[int, int] = (16, 64)) -> SplatRenderOutput:
     """Render a 3DGS scene from a camera at the camera's resolution (``camera.width`` x ``camera.height``).
 
     Args:
