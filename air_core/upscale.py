@@ -239,6 +239,11 @@ def hermite_upscale(image: torch.Tensor, image_dx: torch.Tensor, image_dy: torch
         _check_like(tensor, name, image)
     out_h, out_w = _resolve_size(image, scale, size)
     _check_output_memory(image, out_h, out_w)
+    return _hermite(image, image_dx, image_dy, image_dxy, out_h, out_w)
+
+
+def _hermite(image, image_dx, image_dy, image_dxy, out_h: int, out_w: int) -> torch.Tensor:
+    """:func:`hermite_upscale` on inputs already checked (or produced by the renderers, which are)."""
     h, w = image.shape[-2:]
     plan_x = _axis_plan(w, out_w, image.dtype, image.device)
     plan_y = _axis_plan(h, out_h, image.dtype, image.device)
@@ -446,7 +451,9 @@ def render_upscaled(source, camera=None, scale: float = 2.0, *, method="hermite"
         if (low_h, low_w) == (full_h, full_w):
             results[m] = out.image
         elif m == "hermite":
-            results[m] = hermite_upscale(out.image, out.image_dx, out.image_dy, out.image_dxy, size=(full_h, full_w))
+            # the renderer's outputs are finite and consistent: skip the argument checks
+            _check_output_memory(out.image, full_h, full_w)
+            results[m] = _hermite(out.image, out.image_dx, out.image_dy, out.image_dxy, full_h, full_w)
         else:
             results[m] = upscale(out.image, size=(full_h, full_w), method=m)
     return results[methods[0]] if isinstance(method, str) else results

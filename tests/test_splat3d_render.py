@@ -255,3 +255,16 @@ def test_numba_projection_matches_on_a_real_scene():
     assert torch.equal(fast.ids, slow.ids) and len(fast.ids) > 1000
     assert torch.allclose(fast.conics, slow.conics.detach(), rtol=1e-9)
     assert torch.allclose(fast.colours, slow.colours.detach(), atol=1e-12)
+
+
+def test_nan_in_the_scene_is_reported_on_both_paths():
+    scene = random_scene(10, degree=1)
+    scene.log_scales[3, 1] = float("nan")
+    cam = front_camera()
+    with pytest.raises(ValueError, match="NaN or Inf.*index 3"):
+        render(scene, cam)
+    with torch.enable_grad():
+        grad_scene = GaussianScene(means=scene.means.clone().requires_grad_(True), log_scales=scene.log_scales,
+                                   quats=scene.quats, opacity_logits=scene.opacity_logits, sh_coeffs=scene.sh_coeffs)
+        with pytest.raises(ValueError, match="NaN or Inf.*index 3"):
+            render(grad_scene, cam)

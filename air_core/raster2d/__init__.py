@@ -155,15 +155,25 @@ def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, colours: to
     nder = nch if derivative_channels is None else derivative_channels
     if not (isinstance(nder, int) and not isinstance(nder, bool) and 1 <= nder <= nch):
         raise ValueError(f"derivative_channels must be an int in 1..{nch}, got {derivative_channels!r}")
+    return _rasterize(means2d, conics, colours, opacities, background, width, height, mode,
+                      nder if return_derivatives else 0, backend, tiles)
+
+
+def _rasterize(means2d, conics, colours, opacities, background, width: int, height: int, mode: str,
+               derivative_channels: int, backend: str, tiles: tuple[int, int]) -> RenderOutput:
+    """:func:`rasterize_to_pixels` on validated inputs (the 3DGS renderer's projection produces
+    them valid by construction); ``derivative_channels`` 0 means no derivatives."""
     from ..images import check_memory
 
-    check_memory(height * width * nch * 8 * (5 if return_derivatives else 2), f"a {width}x{height} render")
-    chosen = _pick_backend(backend, device)
+    nch = colours.shape[1]
+    return_derivatives = derivative_channels > 0
+    check_memory(height * width * (nch + 3 * derivative_channels) * 8 * 2, f"a {width}x{height} render")
+    chosen = _pick_backend(backend, means2d.device)
     if chosen == "cpu":
         from .cpu import rasterize_to_pixels_cpu
 
         image, trans, derivs = rasterize_to_pixels_cpu(means2d, conics, colours, opacities, background, width,
-                                                       height, mode, nder if return_derivatives else 0, tiles)
+                                                       height, mode, derivative_channels, tiles)
         if derivs is None:
             return RenderOutput(image, trans)
         return RenderOutput(image, trans, derivs[0], derivs[1], derivs[2])

@@ -58,7 +58,8 @@ def project_all(means, log_scales, quats, opacity_logits, sh, degree, viewmat, i
     clamped tangent, ``center`` the camera centre.
 
     Returns float64 arrays means2d [N, 2], conics [N, 3], depths [N], colours [N, 3],
-    opacities [N] and a bool mask [N] of the Gaussians that are in the depth range and on screen.
+    opacities [N], a bool mask [N] of the Gaussians that are in the depth range and on screen, and a
+    bool mask [N] of the Gaussians with a NaN or Inf parameter (never kept).
     """
     n = means.shape[0]
     means2d = np.empty((n, 2))
@@ -67,8 +68,21 @@ def project_all(means, log_scales, quats, opacity_logits, sh, degree, viewmat, i
     colours = np.empty((n, 3))
     opacities = np.empty(n)
     keep = np.zeros(n, dtype=np.bool_)
+    bad = np.zeros(n, dtype=np.bool_)
     fx, fy, cx, cy = intr[0], intr[1], intr[2], intr[3]
     for g in prange(n):
+        finite = math.isfinite(opacity_logits[g])
+        for k in range(3):
+            finite = finite and math.isfinite(means[g, k]) and math.isfinite(log_scales[g, k])
+        for k in range(4):
+            finite = finite and math.isfinite(quats[g, k])
+        for k in range(sh.shape[1]):
+            for ch in range(3):
+                finite = finite and math.isfinite(sh[g, k, ch])
+        if not finite:
+            bad[g] = True
+            depths[g] = 0.0
+            continue
         mx, my, mz = float(means[g, 0]), float(means[g, 1]), float(means[g, 2])
         px = viewmat[0, 0] * mx + viewmat[0, 1] * my + viewmat[0, 2] * mz + viewmat[0, 3]
         py = viewmat[1, 0] * mx + viewmat[1, 1] * my + viewmat[1, 2] * mz + viewmat[1, 3]
@@ -115,7 +129,7 @@ def project_all(means, log_scales, quats, opacity_logits, sh, degree, viewmat, i
         dx, dy, dz = dx / dn, dy / dn, dz / dn
         for ch in range(3):
             colours[g, ch] = max(_sh_channel(sh, g, ch, degree, dx, dy, dz) + 0.5, 0.0)
-    return means2d, conics, depths, colours, opacities, keep
+    return means2d, conics, depths, colours, opacities, keep, bad
 
 
 @njit(cache=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..raster2d import rasterize_to_pixels
+from ..raster2d import _rasterize, rasterize_to_pixels
 from .camera import Camera
 from .scene import GaussianScene
 from .sh import sh_colours
@@ -85,6 +85,13 @@ class SplatRenderOutput:
     num_visible: int = 0
 
 
+def _fast_path(scene: GaussianScene) -> bool:
+    """Whether :func:`project` takes the numba path: CPU tensors and no gradient to record."""
+    tensors = (scene.means, scene.log_scales, scene.quats, scene.opacity_logits, scene.sh_coeffs)
+    return scene.means.device.type == "cpu" and not (torch.is_grad_enabled()
+                                                     and any(t.requires_grad for t in tensors))
+
+
 def _check_scene_camera(scene, camera) -> None:
     if not isinstance(scene, GaussianScene):
         raise TypeError(f"scene must be a GaussianScene, got {type(scene).__name__}")
@@ -107,7 +114,8 @@ def project(scene: GaussianScene, camera: Camera, *, near_plane: float = 0.01, f
         :class:`ProjectedGaussians` (possibly empty), differentiable w.r.t. the scene's tensors.
 
     Raises:
-        TypeError: wrong argument types. ValueError: bad planes, eps2d or sh_degree.
+        TypeError: wrong argument types.
+        ValueError: bad planes, eps2d or sh_degree; a Gaussian with a NaN or Inf parameter.
     """
     _check_scene_camera(scene, camera)
     if not (0 < near_plane < far_plane):
@@ -123,10 +131,16 @@ def project(scene: GaussianScene, camera: Camera, *, near_plane: float = 0.01, f
     lim_x_neg = cx / fx + (FRUSTUM_CLAMP - 1.0) * 0.5 * width / fx
     lim_y_pos = (height - cy) / fy + (FRUSTUM_CLAMP - 1.0) * 0.5 * height / fy
     lim_y_neg = cy / fy + (FRUSTUM_CLAMP - 1.0) * 0.5 * height / fy
-    tensors = (scene.means, scene.log_scales, scene.quats, scene.opacity_logits, scene.sh_coeffs)
-    if device.type == "cpu" and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+    if _fast_path(scene):
         return _project_numba(scene, camera, near_plane, far_plane, eps2d, sh_degree,
                               (lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg))
+    with torch.no_grad():
+        bad = (~torch.isfinite(scene.means).all(1) | ~torch.isfinite(scene.log_scales).all(1)
+               | ~torch.isfinite(scene.quats).all(1) | ~torch.isfinite(scene.opacity_logits)
+               | ~torch.isfinite(scene.sh_coeffs).flatten(1).all(1))
+        if bool(bad.any()):
+            raise ValueError(f"the scene has {int(bad.sum())} Gaussian(s) with NaN or Inf parameters "
+                             f"(first: index {int(torch.nonzero(bad)[0, 0])})")
     viewmat = camera.viewmat.to(device=device, dtype=dtype)
     rot, trans = viewmat[:3, :3], viewmat[:3, 3]
 
@@ -183,10 +197,13 @@ def _project_numba(scene, camera, near_plane, far_plane, eps2d, sh_degree, limit
               (scene.means, scene.log_scales, scene.quats, scene.opacity_logits, scene.sh_coeffs)]
     degree = scene.sh_degree if sh_degree is None else sh_degree
     intr = np.array([camera.fx, camera.fy, camera.cx, camera.cy], dtype=np.float64)
-    means2d, conics, depths, colours, opacities, keep = project_all(
+    means2d, conics, depths, colours, opacities, keep, bad = project_all(
         *arrays, degree, camera.viewmat.numpy().astype(np.float64), intr, float(camera.width), float(camera.height),
         float(near_plane), float(far_plane), float(eps2d), np.array(limits, dtype=np.float64),
         camera.camera_center.numpy().astype(np.float64))
+    if bad.any():
+        raise ValueError(f"the scene has {int(bad.sum())} Gaussian(s) with NaN or Inf parameters "
+                         f"(first: index {int(np.flatnonzero(bad)[0])})")
     ids, *fields = compact_sorted(keep, depths, means2d, conics, colours, opacities)
     dtype = scene.means.dtype
     means2d, conics, depths, colours, opacities = (torch.from_numpy(a).to(dtype) for a in fields)
@@ -228,10 +245,17 @@ def render(scene: GaussianScene, camera: Camera, *, background: torch.Tensor | t
     if background.shape != (3,):
         raise ValueError(f"background must be 3 RGB values, got shape {list(background.shape)}")
     colours = torch.cat([proj.colours, proj.depths[:, None]], dim=1)
-    out = rasterize_to_pixels(proj.means2d, proj.conics, colours, proj.opacities, width=camera.width,
-                              height=camera.height, mode="alpha", background=torch.cat([background, background[:1] * 0]),
-                              return_derivatives=return_derivatives, backend=backend, tile_size=tile_size,
-                              derivative_channels=3)
+    background4 = torch.cat([background, background[:1] * 0])
+    if _fast_path(scene) and backend in ("auto", "cpu") and bool(torch.isfinite(background).all()):
+        # the numba projection checked the scene and produced valid Gaussians: skip re-validation
+        tiles = (tile_size, tile_size) if isinstance(tile_size, int) else tuple(tile_size)
+        out = _rasterize(proj.means2d, proj.conics, colours, proj.opacities, background4, camera.width,
+                         camera.height, "alpha", 3 if return_derivatives else 0, "cpu", tiles)
+    else:
+        out = rasterize_to_pixels(proj.means2d, proj.conics, colours, proj.opacities, width=camera.width,
+                                  height=camera.height, mode="alpha", background=background4,
+                                  return_derivatives=return_derivatives, backend=backend, tile_size=tile_size,
+                                  derivative_channels=3)
     alpha = 1.0 - out.transmittance
     depth = torch.where(alpha > 1e-6, out.image[3] / alpha.clamp_min(1e-6), torch.zeros_like(alpha))
     derivs = (None, None, None)
