@@ -268,3 +268,16 @@ def test_nan_in_the_scene_is_reported_on_both_paths():
                                    quats=scene.quats, opacity_logits=scene.opacity_logits, sh_coeffs=scene.sh_coeffs)
         with pytest.raises(ValueError, match="NaN or Inf.*index 3"):
             render(grad_scene, cam)
+
+
+def test_half_precision_scene_and_bad_tile_size():
+    scene = random_scene(30, degree=2, seed=4)
+    cam = front_camera()
+    ref = render(scene, cam).image
+    half = render(scene.to(dtype=torch.float16), cam).image
+    assert half.dtype == torch.float16
+    assert float((half.double() - ref).abs().max()) < 0.02
+    with pytest.raises(ValueError, match="tile_size"):
+        render(scene, cam, tile_size=(0, 16))
+    with pytest.raises(ValueError, match="tile_size"):
+        render(scene, cam, tile_size=(16, 16, 1))
