@@ -14,12 +14,14 @@ Public API (import from here):
   :func:`render_splats` (= :func:`air_core.splat3d.render`)
 * upscaling (:mod:`air_core.upscale`): :func:`hermite_upscale`, :func:`upscale`,
   :func:`render_upscaled`
+* joint bilateral upsampling (:mod:`air_core.jbu`): :func:`jbu_upsample`, :func:`fit_jbu`
 
 The package never imports napari, Qt or bpy, and imports no GPU-only module at import time.
 """
 
 from .fitting import FitResult, fit, initialize
 from .gaussians import Gaussians2D, load_gaussians, save_gaussians
+from .jbu import fit_jbu, jbu_upsample
 from .images import (ImageTooLargeError, error_map, from_tensor, load_image, sample_image, save_error_map,
                      save_image, to_tensor)
 from .metrics import compute_metrics, ms_ssim, psnr, ssim, ssim_loss
@@ -39,4 +41,5 @@ __all__ = [
     "RenderOutput", "rasterize_to_pixels", "render", "render_with_derivatives",
     "Camera", "GaussianScene", "camera_from_blender", "load_ply", "orbit_cameras_for_scene", "save_ply",
     "render_splats", "hermite_upscale", "render_upscaled", "upscale",
+    "fit_jbu", "jbu_upsample",
 ]
