@@ -1,0 +1,419 @@
+"""The Blender add-on, driven through bpy (Blender as a Python module, no display).
+
+Renders are compared with air_core's own render of the same camera (``camera_from_blender``); the
+upscaled renders with the full-resolution render (bounds measured on these scenes at 160x120).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy")
+import mathutils  # noqa: E402  (ships with bpy)
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import blender_addon  # noqa: E402
+from blender_addon import splat_math, store  # noqa: E402
+
+from air_core.splat3d import GaussianScene, camera_from_blender, load_ply, render  # noqa: E402
+
+pytestmark = pytest.mark.blender
+
+DATA = ROOT.parent / "shared" / "data" / "splats"
+DONUT = DATA / "v3dg_donut_iter30000_fused.ply"
+TANDT = DATA / "loadersgl_tandt_train_1000.ply"
+FRUIT = DATA / "supersplat_pr291_fruit_drops_minimal.ply"
+W, H = 160, 120
+
+
+def need(path: Path) -> Path:
+    if not path.is_file():
+        pytest.skip(f"{path.name} is not available")
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def addon():
+    blender_addon.register()
+    yield
+    blender_addon.unregister()
+
+
+@pytest.fixture(autouse=True)
+def empty_scene():
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    store.clear_caches()
+    yield
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def import_splat(path: Path):
+    assert bpy.ops.import_scene.air_splat_ply(filepath=str(path)) == {"FINISHED"}
+    return bpy.context.view_layer.objects.active
+
+
+def add_camera(obj, distance: float = 2.6, elevation: float = 0.35, lens: float = 35.0):
+    """A perspective camera looking at the object's (trimmed) centre, and the scene at W x H."""
+    centre, radius = store.scene_of(obj).center_and_radius()
+    centre = obj.matrix_world @ mathutils.Vector(centre.tolist())
+    radius *= obj.matrix_world.to_scale()[0]
+    data = bpy.data.cameras.new("Cam")
+    data.lens = lens
+    cam = bpy.data.objects.new("Cam", data)
+    bpy.context.scene.collection.objects.link(cam)
+    eye = centre + mathutils.Vector((0.0, -distance * radius, elevation * distance * radius))
+    cam.location = eye
+    cam.rotation_euler = (centre - eye).to_track_quat("-Z", "Y").to_euler()
+    scene = bpy.context.scene
+    scene.camera = cam
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = W, H, 100
+    bpy.context.view_layer.update()
+    return cam
+
+
+def core_camera(cam, matrix_world=None):
+    r = bpy.context.scene.render
+    d = cam.data
+    m = np.array(cam.matrix_world if matrix_world is None else matrix_world, dtype=np.float64)
+    return camera_from_blender(m, d.lens, d.sensor_width, d.sensor_height, d.sensor_fit, d.shift_x, d.shift_y,
+                               r.resolution_x, r.resolution_y, r.resolution_percentage)
+
+
+def render_op(scale: str = "1") -> np.ndarray:
+    """Run the render operator; the image "AIR Render" as a top-down [H, W, 4] array."""
+    assert bpy.ops.air.render_splats(scale=scale) == {"FINISHED"}
+    image = bpy.data.images["AIR Render"]
+    w, h = image.size
+    pixels = np.empty(w * h * 4, dtype=np.float32)
+    image.pixels.foreach_get(pixels)
+    return pixels.reshape(h, w, 4)[::-1]
+
+
+def core_rgba(scene: GaussianScene, camera, background=(0.0, 0.0, 0.0), transparent=False) -> np.ndarray:
+    """air_core's render as [H, W, 4], clamped to [0, 1]; premultiplied colours clamped to alpha."""
+    out = render(scene, camera, background=torch.tensor(background))
+    rgb = out.image.clamp(0, 1).permute(1, 2, 0).numpy()
+    alpha = out.alpha.clamp(0, 1).numpy()[..., None]
+    return np.concatenate([np.minimum(rgb, alpha) if transparent else rgb, alpha], axis=2)
+
+
+def expect_error(match: str, call):
+    with pytest.raises(RuntimeError, match=match) as info:
+        call()
+    assert "Traceback" not in str(info.value)
+    return str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def test_register_unregister_and_menus():
+    assert hasattr(bpy.types, "VIEW3D_PT_air_splats")
+    assert bpy.types.VIEW3D_PT_air_splats.bl_category == "AIR"
+    for op in ("import_scene.air_splat_ply", "export_scene.air_splat_ply", "air.render_splats",
+               "air.check_dependencies", "air.toggle_preview"):
+        group, name = op.split(".")
+        assert hasattr(getattr(bpy.ops, group), name)
+        assert getattr(getattr(bpy.ops, group), name).get_rna_type() is not None
+    blender_addon.unregister()
+    assert not hasattr(bpy.types, "VIEW3D_PT_air_splats")
+    assert not hasattr(bpy.types.Scene, "air_splat")
+    blender_addon.register()
+    assert bpy.context.scene.air_splat.render_scale == "1"
+    # without the preferences system the check still runs and reports what it found
+    assert bpy.ops.air.check_dependencies() == {"FINISHED"}
+
+
+def test_enable_as_legacy_addon_with_preferences():
+    import addon_utils
+
+    blender_addon.unregister()
+    try:
+        addon_utils.enable("blender_addon", default_set=True, handle_error=None)
+        prefs = bpy.context.preferences.addons["blender_addon"].preferences
+        assert prefs.device == "AUTO" and prefs.source == "ENVIRONMENT"
+        assert bpy.ops.air.check_dependencies() == {"FINISHED"}
+        assert prefs.last_check.startswith("OK: torch")
+        prefs.source, prefs.site_packages = "FOLDER", str(ROOT / "no such folder")
+        expect_error("does not exist", bpy.ops.air.check_dependencies)
+    finally:
+        addon_utils.disable("blender_addon", default_set=True)
+        blender_addon.register()
+
+
+def test_loads_and_reports_without_air_core(tmp_path):
+    """With torch and air_core unimportable the add-on still registers and says what is missing."""
+    code = ("import sys; sys.path.insert(0, %r); sys.modules['air_core'] = None; sys.modules['torch'] = None\n"
+            "import bpy, blender_addon\n"
+            "blender_addon.register()\n"
+            "from blender_addon import deps; assert not deps.available()\n"
+            "try:\n"
+            "    bpy.ops.import_scene.air_splat_ply(filepath=%r)\n"
+            "except RuntimeError as e:\n"
+            "    print('REPORTED', e)\n"
+            "blender_addon.unregister()\n") % (str(ROOT), str(tmp_path / "x.ply"))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "REPORTED" in res.stdout and "air_core cannot be imported" in res.stdout
+    assert "Preferences" in res.stdout and "Traceback" not in res.stdout
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("*.ply")) if DATA.is_dir() else ["missing"])
+def test_import_real_scenes(name):
+    path = need(DATA / name)
+    obj = import_splat(path)
+    scene = load_ply(path)
+    assert len(obj.data.vertices) == len(scene) == obj[store.COUNT_KEY]
+    assert obj[store.PATH_KEY] == str(path)
+    co = np.empty(len(scene) * 3, dtype=np.float32)
+    obj.data.vertices.foreach_get("co", co)
+    np.testing.assert_allclose(co.reshape(-1, 3), scene.means.numpy(), rtol=1e-6, atol=1e-6)
+    # the cache survives a reload from the file (e.g. after opening a .blend file)
+    store.clear_caches()
+    assert len(store.scene_of(obj)) == len(scene)
+
+
+def test_render_matches_core_and_upscaled_psnr():
+    """The donut (45,624 Gaussians): full resolution equals air_core; 1/2 and 1/4 stay close to it."""
+    obj = import_splat(need(DONUT))
+    cam = add_camera(obj)
+    bpy.context.scene.world = bpy.data.worlds.new("W")
+    bpy.context.scene.world.color = (0.0, 0.0, 0.0)
+    full = render_op("1")
+    assert full.shape == (H, W, 4)
+    expected = core_rgba(load_ply(DONUT), core_camera(cam))
+    assert expected[..., 3].mean() > 0.1  # the donut fills a good part of the frame
+    full_psnr = psnr(full[..., :3], expected[..., :3])
+    assert full_psnr >= 40, full_psnr
+    assert np.all(full[..., 3] == 1.0)
+    half, quarter = render_op("2"), render_op("4")
+    assert half.shape == quarter.shape == (H, W, 4)
+    p2, p4 = psnr(half[..., :3], full[..., :3]), psnr(quarter[..., :3], full[..., :3])
+    print(f"donut {W}x{H}: full vs air_core {full_psnr:.1f} dB, x2 {p2:.1f} dB, x4 {p4:.1f} dB")
+    assert p2 >= 32.0 and p4 >= 24.0 and p2 > p4 + 3
+
+
+def test_world_background_and_transparent_film():
+    obj = import_splat(need(FRUIT))
+    cam = add_camera(obj)
+    scene = bpy.context.scene
+    scene.world = bpy.data.worlds.new("W")
+    scene.world.color = (0.2, 0.5, 0.05)  # scene-linear
+    bg = splat_math.linear_to_srgb(scene.world.color)
+    expected = core_rgba(load_ply(FRUIT), core_camera(cam), background=bg)
+    assert psnr(render_op("1")[..., :3], expected[..., :3]) >= 40
+    scene.render.film_transparent = True
+    rgba = render_op("1")
+    assert bpy.data.images["AIR Render"].alpha_mode == "PREMUL"
+    black = core_rgba(load_ply(FRUIT), core_camera(cam), transparent=True)
+    assert psnr(rgba, black) >= 40  # premultiplied colour and the same alpha
+    up = render_op("2")
+    print(f"fruit: transparent {psnr(rgba, black):.1f} dB, x2 alpha {psnr(up[..., 3], black[..., 3]):.1f} dB")
+    assert psnr(up[..., 3], black[..., 3]) >= 40
+    assert np.all(up[..., :3] <= up[..., 3:] + 1e-6)
+
+
+def test_object_transform_moves_the_render():
+    obj = import_splat(need(TANDT))
+    cam = add_camera(obj, distance=2.0)
+    bpy.context.scene.render.film_transparent = True
+    raw = load_ply(TANDT)
+
+    def centroid(alpha):
+        ys, xs = np.mgrid[:alpha.shape[0], :alpha.shape[1]]
+        return np.array([(alpha * xs).sum(), (alpha * ys).sum()]) / alpha.sum()
+
+    before = centroid(render_op()[..., 3])
+    right = cam.matrix_world.to_3x3() @ mathutils.Vector((1.0, 0.0, 0.0))
+    radius = store.scene_of(obj).center_and_radius()[1]
+    obj.location = obj.location + right * (0.3 * radius)
+    bpy.context.view_layer.update()
+    after = centroid(render_op()[..., 3])
+    assert after[0] > before[0] + 5 and abs(after[1] - before[1]) < 0.5 * (after[0] - before[0])
+
+    # rotation + uniform scale: equal to the untouched scene seen from the inversely moved camera;
+    # SH degree 3, so this also checks the rotated spherical harmonics
+    obj.rotation_euler = (0.4, -0.3, 1.1)
+    obj.scale = (1.3, 1.3, 1.3)
+    bpy.context.view_layer.update()
+    got = render_op()
+    m = np.array(obj.matrix_world, dtype=np.float64)
+    s = np.linalg.norm(m[:3, 0])
+    local_cam = np.linalg.inv(m) @ np.array(cam.matrix_world, dtype=np.float64)
+    local_cam[:3, 3] *= s  # the camera in the object's frame, with the scale folded into the scene
+    scaled = GaussianScene(raw.means * s, raw.log_scales + math.log(s), raw.quats, raw.opacity_logits,
+                           raw.sh_coeffs)
+    expected = core_rgba(scaled, core_camera(cam, local_cam), transparent=True)
+    assert expected[..., 3].mean() > 0.02
+    assert psnr(got, expected) >= 40
+    fg = expected[..., 3] > 0.05  # compare where there are splats (most of the frame is empty)
+    p_fg = psnr(got[fg], expected[fg])
+    print(f"rotated tandt: PSNR {psnr(got, expected):.1f} dB, on the splats {p_fg:.1f} dB, "
+          f"max error {np.abs(got - expected).max():.2g}")
+    assert p_fg >= 60
+
+def test_transform_scene_rotates_spherical_harmonics():
+    """Pure maths: a moved scene seen from a world camera has the colours of the file seen from the
+    camera's position in the object's frame (SH degree 3), and the moved covariances."""
+    from air_core.splat3d import sh_colours
+
+    raw = load_ply(need(TANDT)).to(dtype=torch.float64)
+    rot = np.array(mathutils.Euler((0.4, -0.3, 1.1)).to_matrix(), dtype=np.float64)
+    m = np.eye(4)
+    m[:3, :3], m[:3, 3] = 1.3 * rot, (0.3, -1.0, 2.0)
+    moved = splat_math.transform_scene(raw, m)
+    cam_world = np.array([5.0, -3.0, 4.0])
+    cam_local = rot.T @ (cam_world - m[:3, 3]) / 1.3
+    a = sh_colours(moved.sh_coeffs, moved.means, torch.as_tensor(cam_world))
+    b = sh_colours(raw.sh_coeffs, raw.means, torch.as_tensor(cam_local))
+    assert float((a - b).abs().max()) < 1e-6
+    assert float((a - sh_colours(raw.sh_coeffs[:, :1], raw.means, torch.as_tensor(cam_local))).abs().max()) > 1e-3
+    a_m = torch.as_tensor(m[:3, :3])
+    torch.testing.assert_close(moved.covariances(), a_m @ raw.covariances() @ a_m.T)
+    with pytest.raises(ValueError, match="non-uniform"):
+        splat_math.transform_scene(raw, np.diag([1.0, 2.0, 1.0, 1.0]))
+
+
+def test_two_objects_are_depth_sorted_together():
+    obj = import_splat(need(FRUIT))
+    cam = add_camera(obj, distance=3.0)
+    bpy.context.scene.render.film_transparent = True
+    twin = obj.copy()  # shares the splat id: one cached scene, two instances
+    bpy.context.scene.collection.objects.link(twin)
+    radius = store.scene_of(obj).center_and_radius()[1]
+    shift = np.array([0.5 * radius, 0.4 * radius, 0.0])
+    twin.location = mathutils.Vector(shift.tolist())
+    bpy.context.view_layer.update()
+    got = render_op()
+    raw = load_ply(FRUIT)
+    shifted = torch.as_tensor(shift, dtype=torch.float32)
+    both = GaussianScene(torch.cat([raw.means, raw.means + shifted]), torch.cat([raw.log_scales] * 2),
+                         torch.cat([raw.quats] * 2), torch.cat([raw.opacity_logits] * 2),
+                         torch.cat([raw.sh_coeffs] * 2))
+    assert psnr(got, core_rgba(both, core_camera(cam), transparent=True)) >= 40
+    twin.hide_render = True
+    assert psnr(render_op(), core_rgba(raw, core_camera(cam), transparent=True)) >= 40
+
+
+def test_viewport_preview_maths_matches_camera_render():
+    """The preview's pure function, fed the camera's view and projection matrices, equals the render."""
+    obj = import_splat(need(FRUIT))
+    cam = add_camera(obj)
+    bpy.context.scene.render.film_transparent = True
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    window = cam.calc_matrix_camera(depsgraph, x=W, y=H)
+    view = cam.matrix_world.inverted()
+    scene = store.world_scene([obj], torch.device("cpu"))
+    preview_full = splat_math.view_rgba(scene, view, window, W, H, 1)
+    assert psnr(preview_full, render_op("1")) >= 40
+    preview_quarter = splat_math.view_rgba(scene, view, window, W, H, 4)
+    print(f"preview: full vs render {psnr(preview_full, render_op('1')):.1f} dB, "
+          f"x4 vs full {psnr(preview_quarter, preview_full):.1f} dB")
+    assert preview_quarter.shape == (H, W, 4) and psnr(preview_quarter, preview_full) >= 30
+    key = splat_math.view_key(view, window, W, H, [(obj[store.ID_KEY], obj.matrix_world)])
+    assert key == splat_math.view_key(view.copy(), window, W, H, [(obj[store.ID_KEY], obj.matrix_world)])
+    obj.location.x += 0.1
+    bpy.context.view_layer.update()
+    assert key != splat_math.view_key(view, window, W, H, [(obj[store.ID_KEY], obj.matrix_world)])
+    ortho = mathutils.Matrix.OrthoProjection("XY", 4)
+    with pytest.raises(ValueError, match="only perspective"):
+        splat_math.view_rgba(scene, view, ortho, W, H, 1)
+    # the toggle installs and removes the draw handler (drawing itself needs a window)
+    assert bpy.ops.air.toggle_preview() == {"FINISHED"}
+    from blender_addon import preview
+
+    assert preview.is_enabled()
+    assert bpy.ops.air.toggle_preview() == {"FINISHED"}
+    assert not preview.is_enabled()
+
+
+def test_export_round_trip(tmp_path):
+    obj = import_splat(need(FRUIT))
+    dest = tmp_path / "out.ply"
+    assert bpy.ops.export_scene.air_splat_ply(filepath=str(dest)) == {"FINISHED"}
+    a, b = load_ply(FRUIT), load_ply(dest)
+    for field in ("means", "log_scales", "quats", "opacity_logits", "sh_coeffs"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    assert sorted(a.extra) == sorted(b.extra)  # the extra property survives
+    obj.location = (1.0, 2.0, 3.0)
+    bpy.context.view_layer.update()
+    assert bpy.ops.export_scene.air_splat_ply(filepath=str(dest), apply_transform=True) == {"FINISHED"}
+    torch.testing.assert_close(load_ply(dest).means, a.means + torch.tensor([1.0, 2.0, 3.0]))
+
+
+def test_bad_inputs_are_reported(tmp_path):
+    mesh_ply = tmp_path / "mesh.ply"
+    mesh_ply.write_text("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
+                        "property float z\nend_header\n0 0 0\n1 0 0\n0 1 0\n")
+    expect_error("not a 3D Gaussian splat file", lambda: bpy.ops.import_scene.air_splat_ply(filepath=str(mesh_ply)))
+    broken = tmp_path / "broken.ply"
+    broken.write_bytes(need(TANDT).read_bytes()[:5000])
+    expect_error("truncated", lambda: bpy.ops.import_scene.air_splat_ply(filepath=str(broken)))
+    garbage = tmp_path / "garbage.ply"
+    garbage.write_bytes(b"\x00\x01not a ply at all" * 10)
+    expect_error("cannot import garbage.ply", lambda: bpy.ops.import_scene.air_splat_ply(filepath=str(garbage)))
+    empty = tmp_path / "empty.ply"
+    empty.write_text("ply\nformat binary_little_endian 1.0\nelement vertex 0\nproperty float x\nproperty float y\n"
+                     "property float z\nproperty float opacity\nend_header\n")
+    expect_error("no vertices", lambda: bpy.ops.import_scene.air_splat_ply(filepath=str(empty)))
+    expect_error("not found", lambda: bpy.ops.import_scene.air_splat_ply(filepath=str(tmp_path / "nope.ply")))
+    assert not [o for o in bpy.data.objects if store.is_splat(o)]
+
+    expect_error("no active camera", bpy.ops.air.render_splats)
+    obj = import_splat(need(TANDT))
+    expect_error("no active camera", bpy.ops.air.render_splats)
+    cam = add_camera(obj)
+    cam.data.type = "ORTHO"
+    expect_error("only perspective cameras are supported", bpy.ops.air.render_splats)
+    cam.data.type = "PERSP"
+    obj.scale = (1.0, 2.0, 1.0)
+    expect_error("non-uniform scale", bpy.ops.air.render_splats)
+    obj.scale = (-1.0, -1.0, -1.0)
+    expect_error("mirrored", bpy.ops.air.render_splats)
+    obj.scale = (1.0, 1.0, 1.0)
+    obj.hide_render = True
+    expect_error("no splat objects", bpy.ops.air.render_splats)
+    obj.hide_render = False
+    obj[store.PATH_KEY] = str(tmp_path / "moved.ply")
+    store.clear_caches()
+    expect_error("missing", bpy.ops.air.render_splats)
+
+
+def test_build_zip(tmp_path):
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_blender_addon.py"), "-o", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    dest = Path(res.stdout.strip())
+    manifest = tomllib.loads((ROOT / "blender_addon" / "blender_manifest.toml").read_text())
+    assert dest.name == f"{manifest['id']}-{manifest['version']}.zip" and manifest["type"] == "add-on"
+    with zipfile.ZipFile(dest) as zf:
+        names = set(zf.namelist())
+    assert {"air_splat/__init__.py", "air_splat/blender_manifest.toml", "air_splat/operators.py"} <= names
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    # installs and enables as a Blender extension (into a throw-away user folder)
+    code = ("import bpy\n"
+            f"print(bpy.ops.extensions.package_install_files(filepath={str(dest)!r}, repo='user_default', "
+            "enable_on_install=True))\n"
+            "prefs = bpy.context.preferences.addons['bl_ext.user_default.air_splat'].preferences\n"
+            "print('DEVICE', prefs.device, bpy.ops.air.check_dependencies())\n")
+    env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "user"))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "DEVICE AUTO {'FINISHED'}" in res.stdout, res.stdout + res.stderr
