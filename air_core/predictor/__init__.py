@@ -1,0 +1,19 @@
+"""The AIR predictor: per-patch Gaussian parameterisation, stage control and the staged network.
+
+* :func:`patch_centres`, :func:`patch_grid`, :func:`decode_candidates`: AIR's raw 8-vector -> Gaussian
+  parameterisation (``parameterization``).
+* :func:`stage_control`, :func:`patch_errors`: per-patch MSE / SSIM tests deciding which candidates are
+  kept (``stage_control``).
+* :class:`AIRPredictor`, :class:`PredictorOutput`: stage-wise residual prediction (``model``). Untrained
+  as constructed; no weights ship yet.
+"""
+
+from .model import ENCODER_STRIDE, AIRPredictor, PredictorOutput
+from .parameterization import RAW_CHANNELS, decode_candidates, patch_centres, patch_grid
+from .stage_control import MSE_THRESHOLD, SSIM_THRESHOLD, patch_errors, stage_control
+
+__all__ = [
+    "AIRPredictor", "PredictorOutput", "ENCODER_STRIDE",
+    "RAW_CHANNELS", "decode_candidates", "patch_centres", "patch_grid",
+    "stage_control", "patch_errors", "MSE_THRESHOLD", "SSIM_THRESHOLD",
+]
