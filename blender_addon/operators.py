@@ -3,6 +3,11 @@
 Every operator turns expected failures (missing dependencies, bad files, no camera, an orthographic
 camera, a non-uniform object scale, ...) into ``self.report({'ERROR'}, message)`` + ``{'CANCELLED'}``;
 unexpected exceptions are reported the same way (with their type) instead of a traceback.
+
+Rendering (``air.render_splats``) goes band by band (:class:`RenderJob`). Invoked from the UI (a
+window is there) it is modal (:class:`ModalRender`): one band per timer event, Blender's progress
+bar, Esc or a right click cancels and leaves the previous "AIR Render" image as it was. ``execute``
+(scripts, background mode, ``INVOKE_DEFAULT`` without a window) renders the same bands at once.
 """
 
 from __future__ import annotations
@@ -25,15 +30,21 @@ SCALE_ITEMS = [("1", "Full", "Render every pixel"),
                ("4", "1/4", "Render at a quarter of the resolution and upscale")]
 
 
+def _report_error(op, exc: Exception) -> set:
+    """Report ``exc`` as the user sees it (no traceback) and return ``{'CANCELLED'}``."""
+    if isinstance(exc, (UserError, deps.DependencyError)):
+        op.report({"ERROR"}, str(exc))
+    else:  # never show a traceback to the user
+        op.report({"ERROR"}, f"AIR: unexpected {type(exc).__name__}: {exc}")
+    return {"CANCELLED"}
+
+
 def _run(op, fn):
     """Call ``fn()``; report user-facing errors (and unexpected ones) instead of raising."""
     try:
         return fn()
-    except (UserError, deps.DependencyError) as exc:
-        op.report({"ERROR"}, str(exc))
-    except Exception as exc:  # never show a traceback to the user
-        op.report({"ERROR"}, f"AIR: unexpected {type(exc).__name__}: {exc}")
-    return {"CANCELLED"}
+    except Exception as exc:
+        return _report_error(op, exc)
 
 
 class AIR_OT_import_splat(bpy.types.Operator, ImportHelper):
@@ -180,9 +191,120 @@ def _show_image(context, image) -> None:
             area.tag_redraw()
 
 
+class RenderJob:
+    """One render of the splat objects from the active camera: the scene, camera and settings are taken
+    when it is created, :meth:`step` renders one band (:class:`.splat_math.BandedRender`) and
+    :meth:`store` writes the finished image into "AIR Render". Nothing touches the image before
+    :meth:`store`, so a job dropped half way (cancelled) leaves a previous render as it was.
+
+    Raises (on creation): UserError / DependencyError for what the user can fix.
+    """
+
+    def __init__(self, context, scale: int, band_rows: int | None = None):
+        from . import splat_math
+
+        store.ensure_core(context)
+        self.camera = camera_for_render(context)
+        self.objects = store.splat_objects(context, for_render=True)
+        if not self.objects:
+            raise UserError("AIR: no splat objects to render (import one with File > Import > "
+                            "3D Gaussian Splatting, and check it is not disabled in renders)")
+        self.scale = int(scale)
+        self.scene = store.world_scene(self.objects, store.device(context))
+        self.transparent = bool(context.scene.render.film_transparent)
+        world = context.scene.world
+        background = splat_math.linear_to_srgb(world.color) if world is not None else (0.0, 0.0, 0.0)
+        self.bands = splat_math.BandedRender(self.scene, self.camera, self.scale, background, self.transparent,
+                                             band_rows=band_rows)
+
+    @property
+    def total(self) -> int:
+        return self.bands.total
+
+    @property
+    def done(self) -> int:
+        return self.bands.done
+
+    def step(self) -> bool:
+        """Render the next band; True when all are done."""
+        return self.bands.step()
+
+    def store(self, context):
+        """Write the finished render into "AIR Render", show it, and return the report message."""
+        image = store_image(self.bands.result(), premultiplied=self.transparent)
+        _show_image(context, image)
+        label = "full resolution" if self.scale == 1 else f"1/{self.scale} resolution, upscaled"
+        return (f"AIR: rendered {len(self.scene):,} Gaussians of {len(self.objects)} object(s) at "
+                f"{self.camera.width}x{self.camera.height} ({label}) into image {IMAGE_NAME!r}")
+
+
+class ModalRender:
+    """The modal part of :class:`AIR_OT_render_splats` as plain Python (testable without a window):
+    a window-manager timer drives one band per TIMER event with the progress bar; ESC or a right
+    click cancels. Whatever ends the render (done, cancelled, an error) removes the timer and ends
+    the progress bar (:meth:`close`, safe to call more than once)."""
+
+    CANCEL_EVENTS = {"ESC", "RIGHTMOUSE"}
+
+    def __init__(self, op, context, job: RenderJob, interval: float = 0.01):
+        self.op, self.job = op, job
+        self.wm = context.window_manager
+        self.timer = None
+        self.progress = False
+        try:
+            self.wm.progress_begin(0, job.total)
+            self.progress = True
+            self.timer = self.wm.event_timer_add(interval, window=context.window)
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            try:
+                self.wm.event_timer_remove(timer)
+            except Exception:  # the window may already be gone
+                pass
+        if self.progress:
+            self.progress = False
+            try:
+                self.wm.progress_end()
+            except Exception:
+                pass
+
+    def cancel(self) -> set:
+        self.close()
+        self.op.report({"INFO"}, "AIR: render cancelled")
+        return {"CANCELLED"}
+
+    def handle(self, context, event_type: str, event_value: str = "PRESS") -> set:
+        """One event: returns the operator's modal result."""
+        if event_type in self.CANCEL_EVENTS and event_value != "RELEASE":
+            return self.cancel()
+        if event_type != "TIMER":
+            return {"PASS_THROUGH"}
+        try:
+            finished = self.job.step()
+            self.wm.progress_update(self.job.done)
+            if not finished:
+                return {"RUNNING_MODAL"}
+            message = self.job.store(context)
+        except Exception as exc:
+            self.close()
+            return _report_error(self.op, exc)
+        except BaseException:
+            self.close()
+            raise
+        self.close()
+        self.op.report({"INFO"}, message)
+        return {"FINISHED"}
+
+
 class AIR_OT_render_splats(bpy.types.Operator):
     """Render every splat object from the active camera at the scene's resolution into the image "AIR Render"
-    (optionally at 1/2, 1/3 or 1/4 resolution, upscaled with the gradient-aware upscaler)"""
+    (optionally at 1/2, 1/3 or 1/4 resolution, upscaled with the gradient-aware upscaler). From the UI
+    it renders in bands with a progress bar; Esc cancels"""
 
     bl_idname = "air.render_splats"
     bl_label = "Render Splats"
@@ -197,42 +319,46 @@ class AIR_OT_render_splats(bpy.types.Operator):
         settings = getattr(context.scene, "air_splat", None)
         if self.use_scene_settings and settings is not None:
             self.scale = settings.render_scale
-        return self.execute(context)
+        if context.window is None:  # background mode, no event loop: render at once
+            return self.execute(context)
+        return _run(self, lambda: self._start_modal(context))
+
+    def _start_modal(self, context):
+        self._modal = ModalRender(self, context, RenderJob(context, int(self.scale)))
+        try:
+            context.window_manager.modal_handler_add(self)
+        except BaseException:
+            self._modal.close()
+            raise
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        return self._modal.handle(context, event.type, event.value)
+
+    def cancel(self, context):  # called by Blender when the modal operator is stopped from outside
+        modal = getattr(self, "_modal", None)
+        if modal is not None:
+            modal.close()
 
     def execute(self, context):
         return _run(self, lambda: self._render(context))
 
     def _render(self, context):
-        from . import splat_math
-
+        """Synchronous render (scripts, background mode): the same bands, the progress bar when there
+        is a window, no cancelling."""
+        job = RenderJob(context, int(self.scale))
         wm = context.window_manager if context.window is not None else None
-        store.ensure_core(context)
-        camera = camera_for_render(context)
-        objects = store.splat_objects(context, for_render=True)
-        if not objects:
-            raise UserError("AIR: no splat objects to render (import one with File > Import > "
-                            "3D Gaussian Splatting, and check it is not disabled in renders)")
         if wm is not None:
-            wm.progress_begin(0, 3)
+            wm.progress_begin(0, job.total)
         try:
-            dev = store.device(context)
-            scene = store.world_scene(objects, dev)
-            if wm is not None:
-                wm.progress_update(1)
-            transparent = bool(context.scene.render.film_transparent)
-            world = context.scene.world
-            background = splat_math.linear_to_srgb(world.color) if world is not None else (0.0, 0.0, 0.0)
-            rgba = splat_math.render_rgba(scene, camera, int(self.scale), background, transparent)
-            if wm is not None:
-                wm.progress_update(2)
-            image = store_image(rgba, premultiplied=transparent)
-            _show_image(context, image)
+            while not job.step():
+                if wm is not None:
+                    wm.progress_update(job.done)
+            message = job.store(context)
         finally:
             if wm is not None:
                 wm.progress_end()
-        label = "full resolution" if self.scale == "1" else f"1/{self.scale} resolution, upscaled"
-        self.report({"INFO"}, f"AIR: rendered {len(scene):,} Gaussians of {len(objects)} object(s) at "
-                              f"{camera.width}x{camera.height} ({label}) into image {IMAGE_NAME!r}")
+        self.report({"INFO"}, message)
         return {"FINISHED"}
 
 

@@ -18,6 +18,17 @@ rendered once, so the depth sorting between objects is the renderer's own per-Ga
 Non-uniform scale, shear and mirroring are rejected (a sheared Gaussian is still a Gaussian, but the
 SH directions would no longer transform by a rotation).
 
+Banded rendering (progress and cancelling): :class:`BandedRender` splits the (low-resolution, when
+upscaling) render into horizontal bands of rows. The scene is projected ONCE with the whole
+(low-resolution) camera -- same K, viewmat, eps2d, culling and frustum clamp as the unbanded render --
+and each band rasterizes the projected Gaussians onto its rows only (centres shifted by -y0, i.e.
+the camera cropped to those rows: cy - y0, height = band rows); the bands are stacked into the whole
+image (+ alpha, + derivatives when upscaling) and the Hermite upscale runs once on it, as before.
+Rendering each band with its own cropped :class:`air_core.splat3d.Camera` would not be exact: the
+projection clamps the EWA Jacobian to a frustum 1.3x the image, so Gaussians centred above or below
+a thin band but reaching into it would get another footprint (measured: up to 0.019 on the donut at
+160x130 with 7-row bands; the shared projection makes the bands agree to float rounding).
+
 ``torch`` and ``air_core`` are imported inside the functions: this module loads without them.
 """
 
@@ -29,7 +40,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 __all__ = ["decompose_similarity", "rotation_to_quaternion", "sh_rotation_matrices", "transform_scene",
-           "merge_scenes", "render_rgba", "view_rgba", "to_blender_pixels", "linear_to_srgb", "view_key"]
+           "merge_scenes", "Cancelled", "BandedRender", "band_ranges", "render_rgba", "view_rgba",
+           "to_blender_pixels", "linear_to_srgb", "view_key"]
 
 _SCALE_TOL = 1e-4
 _ORTHO_TOL = 1e-4
@@ -196,49 +208,172 @@ def merge_scenes(scenes: Sequence):
                          sh_coeffs=torch.cat([padded(s) for s in scenes]))
 
 
-def _white(scene):
-    """The scene with every Gaussian's colour 1 (DC only): rendered on black, its image is the alpha."""
-    import torch
+class Cancelled(Exception):
+    """Raised by :func:`render_rgba` when its ``progress`` callback returns False."""
 
-    from air_core.splat3d import SH_C0, GaussianScene
 
-    dc = torch.full((len(scene), 1, 3), 0.5 / SH_C0, dtype=scene.means.dtype, device=scene.means.device)
-    return GaussianScene(means=scene.means, log_scales=scene.log_scales, quats=scene.quats,
-                         opacity_logits=scene.opacity_logits, sh_coeffs=dc)
+#: default band height in (low-resolution) rendered rows; images up to 1.5x this are one band
+BAND_ROWS = 96
+
+
+def band_ranges(height: int, band_rows: int | None = None) -> list[tuple[int, int]]:
+    """Row ranges [(y0, y1), ...] covering ``height`` rows top-down, in bands of ``band_rows`` rows
+    (the last one may be shorter).
+
+    By default the bands hold about :data:`BAND_ROWS` rows (64 to 128 for images taller than 144
+    rows; a single band below that), rounded up to whole 16-row rasterizer tiles.
+    """
+    height = int(height)
+    if height < 1:
+        raise ValueError(f"height must be >= 1, got {height}")
+    if band_rows is None:
+        n = max(1, round(height / BAND_ROWS))
+        band_rows = -(-height // n)
+        band_rows = min(height, -(-band_rows // 16) * 16)
+    elif int(band_rows) < 1:
+        raise ValueError(f"band_rows must be >= 1, got {band_rows}")
+    band_rows = int(band_rows)
+    return [(y0, min(height, y0 + band_rows)) for y0 in range(0, height, band_rows)]
+
+
+class BandedRender:
+    """A render of ``scene`` from ``camera`` done band by band (see the module docstring), for progress
+    reports and cancelling: ``step()`` renders the next band, ``result()`` returns the RGBA array once
+    every band is done. Arguments and result as :func:`render_rgba`; ``band_rows`` as
+    :func:`band_ranges`.
+
+    Constructing it projects the scene (the bands only rasterize). Nothing is written anywhere until
+    the caller uses ``result()``, so abandoning it half way has no effect.
+    """
+
+    def __init__(self, scene, camera, scale: float = 1.0, background: Iterable[float] | None = (0.0, 0.0, 0.0),
+                 transparent: bool = False, band_rows: int | None = None):
+        import torch
+
+        from air_core.splat3d import project
+        from air_core.upscale import low_resolution_size
+
+        self.full_size = (camera.height, camera.width)
+        self.transparent = bool(transparent)
+        if scale == 1:
+            low_h, low_w = self.full_size
+            eps2d = 0.3
+        else:
+            # exactly air_core.upscale.render_upscaled: eps2d scaled to the low-resolution pixels
+            low_h, low_w = low_resolution_size(camera.height, camera.width, scale)
+            eps2d = 0.3 * (low_h * low_w) / (camera.height * camera.width)
+            camera = camera.resized(low_w, low_h)
+        self.low_size = (low_h, low_w)
+        self.upscale = (low_h, low_w) != self.full_size
+        dt, dev = scene.means.dtype, scene.means.device
+        bg = [0.0, 0.0, 0.0] if transparent or background is None else [float(v) for v in background]
+        with torch.no_grad():
+            proj = project(scene, camera, eps2d=eps2d)
+            colours = proj.colours.detach()
+            self.background = torch.as_tensor(bg, dtype=dt, device=dev)
+            if self.upscale and transparent:
+                # a 4th channel of colour 1 on black is the accumulated alpha (the white render), with
+                # its own derivatives for the Hermite upscale
+                colours = torch.cat([colours, torch.ones_like(colours[:, :1])], dim=1)
+                self.background = torch.cat([self.background, self.background[:1] * 0])
+            self.means2d = proj.means2d.detach()
+            self.conics = proj.conics.detach()
+            self.opacities = proj.opacities.detach()
+            self.colours = colours.contiguous()
+            # vertical half-extent of each footprint (o exp(-q/2) >= 1/255): sqrt(qmax Sigma_yy),
+            # Sigma_yy = a / det(conic); a Gaussian is given to the bands it can reach
+            a, b, c = self.conics.unbind(1)
+            qmax = 2.0 * torch.log((255.0 * self.opacities).clamp_min(1e-30))
+            extent = torch.sqrt(qmax.clamp_min(0) * a / (a * c - b * b)) + 1.0
+            self.extent_y = torch.nan_to_num(extent, nan=math.inf)
+        self.bands = band_ranges(low_h, band_rows)
+        self._parts: list = []
+
+    @property
+    def total(self) -> int:
+        """Number of bands."""
+        return len(self.bands)
+
+    @property
+    def done(self) -> int:
+        """Bands rendered so far."""
+        return len(self._parts)
+
+    @property
+    def finished(self) -> bool:
+        return self.done == self.total
+
+    def step(self) -> bool:
+        """Render the next band; True once every band is done."""
+        import torch
+
+        from air_core.raster2d import rasterize_to_pixels
+
+        if self.finished:
+            return True
+        y0, y1 = self.bands[self.done]
+        with torch.no_grad():
+            my = self.means2d[:, 1]
+            sel = torch.nonzero((my + self.extent_y > y0) & (my - self.extent_y < y1)).squeeze(1)
+            means2d = self.means2d[sel]
+            if y0:
+                means2d = means2d - torch.tensor([0.0, float(y0)], dtype=means2d.dtype, device=means2d.device)
+            out = rasterize_to_pixels(means2d, self.conics[sel], self.colours[sel], self.opacities[sel],
+                                      width=self.low_size[1], height=y1 - y0, mode="alpha",
+                                      background=self.background, return_derivatives=self.upscale,
+                                      tile_size=(16, 64))
+        self._parts.append((out.image, 1.0 - out.transmittance, out.image_dx, out.image_dy, out.image_dxy))
+        return self.finished
+
+    def result(self) -> np.ndarray:
+        """The top-down float32 RGBA [H, W, 4] array (all bands must be done)."""
+        import torch
+
+        from air_core.upscale import hermite_upscale
+
+        if not self.finished:
+            raise RuntimeError(f"only {self.done} of {self.total} bands are rendered")
+        with torch.no_grad():
+            image = torch.cat([p[0] for p in self._parts], dim=1)
+            alpha = torch.cat([p[1] for p in self._parts], dim=0)
+            if self.upscale:
+                dx, dy, dxy = (torch.cat([p[i] for p in self._parts], dim=1) for i in (2, 3, 4))
+                image = hermite_upscale(image, dx, dy, dxy, size=self.full_size)
+                if self.transparent:
+                    image, alpha = image[:3], image[3]
+            if not self.transparent:
+                alpha = torch.ones_like(image[0])
+            rgba = torch.cat([image, alpha[None]], dim=0).clamp(0.0, 1.0)
+            if self.transparent:  # premultiplied: colour never exceeds alpha
+                rgba[:3] = torch.minimum(rgba[:3], rgba[3:])
+        return np.ascontiguousarray(rgba.permute(1, 2, 0).to(device="cpu", dtype=torch.float32).numpy())
 
 
 def render_rgba(scene, camera, scale: float = 1.0, background: Iterable[float] | None = (0.0, 0.0, 0.0),
-                transparent: bool = False) -> np.ndarray:
+                transparent: bool = False, *, band_rows: int | None = None, progress=None) -> np.ndarray:
     """Render ``scene`` from ``camera`` into a top-down float32 RGBA array [H, W, 4], values in [0, 1].
 
-    ``scale`` 1 renders at the camera's resolution with :func:`air_core.splat3d.render`; ``scale`` > 1
-    renders at 1/scale resolution with image derivatives and upscales with the gradient-aware Hermite
-    upscaler (:func:`air_core.upscale.render_upscaled`). Opaque (``transparent`` False): the
-    ``background`` colour is composited and alpha is 1. Transparent: premultiplied colour on black and
-    the accumulated alpha; when upscaling, the alpha is the Hermite-upscaled render of the same
-    Gaussians coloured white (a second low-resolution render).
+    ``scale`` 1 renders at the camera's resolution (as :func:`air_core.splat3d.render`); ``scale`` > 1
+    renders at 1/scale resolution with image derivatives and the eps2d of
+    :func:`air_core.upscale.render_upscaled`, and upscales with the gradient-aware Hermite upscaler.
+    Opaque (``transparent`` False): the ``background`` colour is composited and alpha is 1.
+    Transparent: premultiplied colour on black and the accumulated alpha; when upscaling, the alpha is
+    the Hermite-upscaled accumulated alpha (the same Gaussians coloured white, on black).
+
+    The render is done in horizontal bands (:class:`BandedRender`, ``band_rows`` as
+    :func:`band_ranges`); ``progress(done_bands, total_bands)`` is called after every band and
+    returning False (not None) cancels.
+
+    Raises:
+        Cancelled: ``progress`` returned False.
     """
-    import torch
-
-    from air_core.splat3d import render
-    from air_core.upscale import render_upscaled
-
-    bg = torch.zeros(3) if transparent or background is None else torch.as_tensor(list(background)).float()
-    with torch.no_grad():
-        if scale == 1:
-            out = render(scene, camera, background=bg)
-            rgb = out.image
-            alpha = out.alpha if transparent else torch.ones_like(out.alpha)
-        else:
-            rgb = render_upscaled(scene, camera, scale, method="hermite", background=bg)
-            if transparent:
-                alpha = render_upscaled(_white(scene), camera, scale, method="hermite")[0]
-            else:
-                alpha = torch.ones_like(rgb[0])
-        rgba = torch.cat([rgb, alpha[None]], dim=0).clamp(0.0, 1.0)
-        if transparent:  # premultiplied: colour never exceeds alpha
-            rgba[:3] = torch.minimum(rgba[:3], rgba[3:])
-    return np.ascontiguousarray(rgba.permute(1, 2, 0).to(device="cpu", dtype=torch.float32).numpy())
+    job = BandedRender(scene, camera, scale, background, transparent, band_rows=band_rows)
+    while True:
+        finished = job.step()
+        if progress is not None and progress(job.done, job.total) is False:
+            raise Cancelled(f"cancelled after {job.done} of {job.total} bands")
+        if finished:
+            return job.result()
 
 
 def to_blender_pixels(rgba: np.ndarray) -> np.ndarray:

@@ -344,6 +344,148 @@ def test_viewport_preview_maths_matches_camera_render():
     assert not preview.is_enabled()
 
 
+def test_banded_render_equals_one_band():
+    """Pure maths: the render done in bands of 7 rows (a short last band) equals the one-band render,
+    at full resolution and 1/2 upscaled, opaque and transparent; the callback sees every band."""
+    from air_core.splat3d import orbit_cameras_for_scene
+    from air_core.upscale import render_upscaled
+
+    scene = load_ply(need(FRUIT))
+    cam = orbit_cameras_for_scene(scene, 1, width=160, height=130)[0]
+    assert splat_math.band_ranges(130, 7)[-1] == (126, 130) and len(splat_math.band_ranges(65, 7)) == 10
+    assert splat_math.band_ranges(130) == [(0, 130)]  # small images: one band
+    bands = splat_math.band_ranges(1080)
+    assert bands[0][0] == 0 and bands[-1][1] == 1080 and all(64 <= b - a <= 128 for a, b in bands)
+    bg = (0.2, 0.4, 0.1)
+    for scale, transparent in ((1, False), (2, False), (2, True), (1, True)):
+        one = splat_math.render_rgba(scene, cam, scale, bg, transparent, band_rows=10_000)
+        seen = []
+        many = splat_math.render_rgba(scene, cam, scale, bg, transparent, band_rows=7,
+                                      progress=lambda k, n: seen.append((k, n)))
+        total = math.ceil(130 / scale / 7)
+        assert seen == [(k, total) for k in range(1, total + 1)]
+        diff = float(np.abs(many - one).max())
+        print(f"banded vs one band, scale {scale}, transparent {transparent}: max |diff| {diff:.2g}")
+        assert many.shape == (130, 160, 4) and diff < 1e-4
+        assert psnr(many, one) >= 60
+    # one band is the former one-shot render: air_core's render_upscaled with the same eps2d
+    expected = render_upscaled(scene, cam, 2, method="hermite", background=torch.tensor(bg)).clamp(0, 1)
+    got = splat_math.render_rgba(scene, cam, 2, bg)
+    assert float(np.abs(got[..., :3] - expected.permute(1, 2, 0).numpy()).max()) < 1e-5
+
+
+def test_banded_render_cancels():
+    scene = load_ply(need(FRUIT))
+    from air_core.splat3d import orbit_cameras_for_scene
+
+    cam = orbit_cameras_for_scene(scene, 1, width=160, height=130)[0]
+    seen = []
+
+    def stop_after_first(k, n):
+        seen.append((k, n))
+        return k < 1
+
+    with pytest.raises(splat_math.Cancelled):
+        splat_math.render_rgba(scene, cam, 2, band_rows=16, progress=stop_after_first)
+    assert seen == [(1, 5)]
+    job = splat_math.BandedRender(scene, cam, 1, band_rows=16)
+    assert (job.total, job.done) == (9, 0) and not job.step() and job.done == 1
+    with pytest.raises(RuntimeError, match="1 of 9 bands"):
+        job.result()
+
+
+class FakeWindowManager:
+    """Records what the modal render asks of ``context.window_manager``."""
+
+    def __init__(self):
+        self.calls, self.timers = [], set()
+
+    def progress_begin(self, lo, hi):
+        self.calls.append(("begin", lo, hi))
+
+    def progress_update(self, value):
+        self.calls.append(("update", value))
+
+    def progress_end(self):
+        self.calls.append(("end",))
+
+    def event_timer_add(self, step, window=None):
+        timer = object()
+        self.timers.add(timer)
+        return timer
+
+    def event_timer_remove(self, timer):
+        self.timers.remove(timer)
+
+
+def test_modal_render_steps_and_cancels():
+    """The modal operator's logic (no window here): one band per TIMER event with the progress bar;
+    ESC cancels without touching the previous image; timer and progress bar always end."""
+    from types import SimpleNamespace
+
+    from blender_addon import operators
+
+    obj = import_splat(need(FRUIT))
+    add_camera(obj)
+    # invoked without a window (background mode), the operator renders synchronously
+    assert bpy.ops.air.render_splats("INVOKE_DEFAULT") == {"FINISHED"}
+    before = render_op("1")
+    bpy.context.scene.render.film_transparent = True  # a finished render would now differ
+
+    def modal(band_rows=16):
+        reports = []
+        op = SimpleNamespace(report=lambda kind, msg: reports.append((set(kind), msg)))
+        ctx = SimpleNamespace(window=object(), window_manager=FakeWindowManager(), scene=bpy.context.scene,
+                              view_layer=bpy.context.view_layer, preferences=bpy.context.preferences, screen=None)
+        job = operators.RenderJob(ctx, 1, band_rows=band_rows)
+        return operators.ModalRender(op, ctx, job), ctx, reports
+
+    def pixels():
+        image = bpy.data.images["AIR Render"]
+        out = np.empty(image.size[0] * image.size[1] * 4, dtype=np.float32)
+        image.pixels.foreach_get(out)
+        return out.reshape(image.size[1], image.size[0], 4)[::-1]
+
+    m, ctx, reports = modal()
+    wm = ctx.window_manager
+    assert m.job.total == 8 and wm.calls == [("begin", 0, 8)] and len(wm.timers) == 1
+    assert m.handle(ctx, "MOUSEMOVE") == {"PASS_THROUGH"}
+    assert m.handle(ctx, "TIMER") == {"RUNNING_MODAL"} and wm.calls[-1] == ("update", 1)
+    assert m.handle(ctx, "ESC", "RELEASE") == {"PASS_THROUGH"}
+    assert m.handle(ctx, "ESC") == {"CANCELLED"}
+    assert reports == [({"INFO"}, "AIR: render cancelled")]
+    assert not wm.timers and wm.calls[-1] == ("end",)
+    np.testing.assert_array_equal(pixels(), before)
+    assert bpy.data.images["AIR Render"].alpha_mode == "STRAIGHT"
+
+    m, ctx, reports = modal()
+    assert m.handle(ctx, "TIMER") == {"RUNNING_MODAL"}
+    assert m.handle(ctx, "RIGHTMOUSE") == {"CANCELLED"} and not ctx.window_manager.timers
+    np.testing.assert_array_equal(pixels(), before)
+
+    m, ctx, reports = modal()
+    results = [m.handle(ctx, "TIMER") for _ in range(8)]
+    assert results == [{"RUNNING_MODAL"}] * 7 + [{"FINISHED"}]
+    wm = ctx.window_manager
+    assert wm.calls == [("begin", 0, 8)] + [("update", k) for k in range(1, 9)] + [("end",)] and not wm.timers
+    assert reports[-1][0] == {"INFO"} and "rendered" in reports[-1][1]
+    assert bpy.data.images["AIR Render"].alpha_mode == "PREMUL"
+    assert psnr(pixels(), render_op("1")) >= 60  # equals the synchronous render
+
+    # a failure during a band is reported, and still removes the timer and ends the progress bar
+    m, ctx, reports = modal()
+
+    def broken():
+        raise RuntimeError("boom")
+
+    m.job.step = broken
+    assert m.handle(ctx, "TIMER") == {"CANCELLED"}
+    assert reports == [({"ERROR"}, "AIR: unexpected RuntimeError: boom")]
+    assert not ctx.window_manager.timers and ctx.window_manager.calls[-1] == ("end",)
+    m.close()  # idempotent
+    assert ctx.window_manager.calls.count(("end",)) == 1
+
+
 def test_export_round_trip(tmp_path):
     obj = import_splat(need(FRUIT))
     dest = tmp_path / "out.ply"
