@@ -419,3 +419,30 @@ def test_fit_jbu_rejects_bad_input():
         fit_jbu(backbone, photos, image_size=16, max_pad=16)
     with pytest.raises(ValueError, match="backbone must return"):
         fit_jbu(lambda x: x.mean(1), photos, steps=1, image_size=16, max_pad=2, device="cpu")
+
+
+def test_learned_kernels_are_made_convex_for_labels_and_probabilities():
+    """A stack whose refinement makes kernels negative must not invert label maps."""
+    from air_core.jbu import JBUStack, jbu_upsample
+
+    torch.manual_seed(0)
+    stack = JBUStack(num_stages=2).eval()
+    with torch.no_grad():  # the last stage's refinement adds -0.05 to each of 49 taps: kernel sum 1 - 2.45 < 0
+        last = [m for m in stack.stages[-1].fixup_proj.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        last.weight.zero_()
+        last.bias.fill_(-0.5)
+    guidance = torch.rand(3, 32, 40)
+    labels = torch.zeros(8, 10, dtype=torch.int64)
+    labels[:, 5:] = 3
+    up = jbu_upsample(labels, guidance, method="learned", map_type="labels", model=stack)
+    assert set(up.unique().tolist()) == {0, 3}
+    # left and right halves keep their labels away from the boundary
+    assert bool((up[:, :16] == 0).all()) and bool((up[:, 24:] == 3).all())
+    probs = torch.rand(2, 8, 10)
+    probs = probs / probs.sum(0, keepdim=True)
+    out = jbu_upsample(probs, guidance, method="learned", map_type="probabilities", model=stack)
+    assert bool((out >= 0).all()) and torch.allclose(out.sum(0), torch.ones(32, 40), atol=1e-5)
+    # the convex kernels keep a constant probability map constant
+    const = torch.full((2, 8, 10), 0.5)
+    assert torch.allclose(jbu_upsample(const, guidance, method="learned", map_type="probabilities", model=stack),
+                          torch.full((2, 32, 40), 0.5), atol=1e-5)

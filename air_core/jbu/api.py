@@ -83,8 +83,27 @@ def _operator(method: str, guidance: torch.Tensor, feature_size: tuple[int, int]
                                   sigma_range=sigma_range, radius=radius)
         return lambda x: apply_classical_kernel(x, kernel, max_chunk_bytes=budget)
     kernels = model.kernels(guidance, feature_size, size)
+    if channel_agnostic:
+        kernels = [_convex(k) for k in kernels]
     return lambda x: model.apply(x.to(kernels[0].dtype), kernels, channel_agnostic=channel_agnostic,
                                  max_chunk_bytes=budget).to(x.dtype)
+
+
+def _convex(kernel: torch.Tensor) -> torch.Tensor:
+    """A learned stage's kernel [B, H, W, k, k] made a convex combination (clamped at 0, summing to 1).
+
+    FeatUp adds its refinement MLP's output to the normalised kernel without renormalising, so a trained
+    kernel may have negative taps and a sum far from 1 (even negative: seen on a stack trained for 16x).
+    That is harmless in a learned feature space but wrong for probability and label maps, whose
+    upsampled values must stay a weighted vote of the low-resolution ones (a negative sum would invert a
+    label map's argmax). Pixels whose clamped kernel vanishes keep their centre tap.
+    """
+    k = kernel.clamp_min(0)
+    total = k.sum((-2, -1), keepdim=True)
+    centre = torch.zeros_like(k)
+    r = k.shape[-1] // 2
+    centre[..., r, r] = 1.0
+    return torch.where(total > 1e-12, k / total.clamp_min(1e-12), centre)
 
 
 def _prepare_model(model: Any, dev: torch.device, guidance: torch.Tensor) -> tuple[JBUStack, torch.Tensor]:
@@ -192,8 +211,9 @@ def jbu_upsample(features: Any, guidance: Any, size: tuple[int, int] | None = No
       stack's (possibly normalised) feature space; a stack without ``feat_dim`` runs its stages only.
     * ``"probabilities"``: [C, h, w] or [B, C, h, w] float, >= 0 (each pixel's C values are class
       probabilities). Upsampled channel by channel (a learned stack runs its channel-agnostic stages
-      only), clipped at 0 and renormalised to sum 1 over C at every pixel (uniform where all C
-      values vanish).
+      only, each stage's kernel made a convex combination: clamped at 0, renormalised to sum 1; the
+      same for label maps), clipped at 0 and renormalised to sum 1 over C at every pixel (uniform
+      where all C values vanish).
     * ``"labels"``: [h, w] or [B, h, w] integer (or bool) label map. One-hot over the labels present,
       upsampled a chunk of classes at a time (memory stays near two [B, H, W] maps plus one chunk,
       whatever the number of classes; the kernels are computed once), argmax. The output holds only
