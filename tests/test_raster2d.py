@@ -635,3 +635,23 @@ def test_dense_backend_refuses_renders_that_cannot_fit(monkeypatch):
     # the tile backend needs no pair intermediates and renders it
     out = rasterize_to_pixels(means, conics, colours, opacities, width=64, height=64, backend="cpu")
     assert out.image.shape == (3, 64, 64)
+
+
+def test_derivative_channels_subset_matches_the_full_derivatives():
+    gen = torch.Generator().manual_seed(7)
+    n = 40
+    means = torch.rand(n, 2, generator=gen, dtype=torch.float64) * torch.tensor([30.0, 20.0])
+    conics = torch.stack([0.3 + torch.rand(n, generator=gen, dtype=torch.float64), torch.zeros(n, dtype=torch.float64),
+                          0.3 + torch.rand(n, generator=gen, dtype=torch.float64)], 1)
+    colours = torch.rand(n, 4, generator=gen, dtype=torch.float64)
+    opac = torch.rand(n, generator=gen, dtype=torch.float64)
+    kw = dict(width=30, height=20, mode="alpha", return_derivatives=True)
+    full = rasterize_to_pixels(means, conics, colours, opac, **kw)
+    part = rasterize_to_pixels(means, conics, colours, opac, derivative_channels=2, **kw)
+    assert part.image_dx.shape == (2, 20, 30) and full.image_dx.shape == (4, 20, 30)
+    assert torch.equal(part.image, full.image)
+    for name in ("image_dx", "image_dy", "image_dxy"):
+        assert torch.equal(getattr(part, name), getattr(full, name)[:2])
+    for bad in (0, 5, 1.5, True):
+        with pytest.raises(ValueError, match="derivative_channels"):
+            rasterize_to_pixels(means, conics, colours, opac, derivative_channels=bad, **kw)
