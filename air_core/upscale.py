@@ -38,7 +38,7 @@ from .images import check_memory
 from .raster2d import output_size
 
 __all__ = ["METHODS", "upscale", "hermite_upscale", "finite_difference_derivatives", "render_upscaled",
-           "low_resolution_size"]
+           "low_resolution_size", "low_resolution_eps2d"]
 
 #: Methods accepted by :func:`upscale`.
 METHODS: tuple[str, ...] = ("nearest", "bilinear", "bicubic", "hermite-fd", "hermite")
@@ -381,6 +381,13 @@ def low_resolution_size(height: int, width: int, scale: float) -> tuple[int, int
     return max(1, int(round(height / scale))), max(1, int(round(width / scale)))
 
 
+def low_resolution_eps2d(eps2d: float, full_size: tuple[int, int], low_size: tuple[int, int]) -> float:
+    """The 3DGS dilation to use for a render at ``low_size`` that must sample the same continuous image
+    as a render at ``full_size`` with dilation ``eps2d`` (pixel^2 of the full-resolution grid):
+    eps2d / (k_x k_y) low-resolution pixel^2, k = full / low per axis."""
+    return eps2d * (low_size[0] * low_size[1]) / (full_size[0] * full_size[1])
+
+
 def render_upscaled(source, camera=None, scale: float = 2.0, *, method="hermite",
                     size: tuple[int, int] | None = None, background=None, **render_kwargs):
     """Render at 1/``scale`` resolution and upscale to full resolution (the fast preview path).
@@ -431,9 +438,8 @@ def render_upscaled(source, camera=None, scale: float = 2.0, *, method="hermite"
             raise TypeError("camera is required to render a GaussianScene")
         full_h, full_w = (camera.height, camera.width) if size is None else _as_size(size)
         low_h, low_w = low_resolution_size(full_h, full_w, scale)
-        # the low-resolution render samples the full-resolution image's continuous function: its
-        # eps2d dilation (pixel^2 of the full-resolution grid) becomes eps2d / (k_x k_y) low-res pixel^2
-        eps2d = render_kwargs.pop("eps2d", 0.3) * (low_h * low_w) / (full_h * full_w)
+        # the low-resolution render samples the full-resolution image's continuous function
+        eps2d = low_resolution_eps2d(render_kwargs.pop("eps2d", 0.3), (full_h, full_w), (low_h, low_w))
         out = render_scene(source, camera.resized(low_w, low_h) if size is None else
                            camera.resized(full_w, full_h).resized(low_w, low_h), background=background,
                            return_derivatives=want_derivs, eps2d=eps2d, **render_kwargs)

@@ -251,17 +251,14 @@ class BandedRender:
         import torch
 
         from air_core.splat3d import project
-        from air_core.upscale import low_resolution_size
+        from air_core.upscale import low_resolution_eps2d, low_resolution_size
 
         self.full_size = (camera.height, camera.width)
         self.transparent = bool(transparent)
-        if scale == 1:
-            low_h, low_w = self.full_size
-            eps2d = 0.3
-        else:
-            # exactly air_core.upscale.render_upscaled: eps2d scaled to the low-resolution pixels
-            low_h, low_w = low_resolution_size(camera.height, camera.width, scale)
-            eps2d = 0.3 * (low_h * low_w) / (camera.height * camera.width)
+        # exactly air_core.upscale.render_upscaled (scale 1: the full-resolution render itself)
+        low_h, low_w = low_resolution_size(camera.height, camera.width, scale)
+        eps2d = low_resolution_eps2d(0.3, self.full_size, (low_h, low_w))
+        if (low_h, low_w) != self.full_size:
             camera = camera.resized(low_w, low_h)
         self.low_size = (low_h, low_w)
         self.upscale = (low_h, low_w) != self.full_size
@@ -308,6 +305,7 @@ class BandedRender:
         import torch
 
         from air_core.raster2d import rasterize_to_pixels
+        from air_core.splat3d.render import TILE_SIZE
 
         if self.finished:
             return True
@@ -321,7 +319,7 @@ class BandedRender:
             out = rasterize_to_pixels(means2d, self.conics[sel], self.colours[sel], self.opacities[sel],
                                       width=self.low_size[1], height=y1 - y0, mode="alpha",
                                       background=self.background, return_derivatives=self.upscale,
-                                      tile_size=(16, 64))
+                                      tile_size=TILE_SIZE)
         self._parts.append((out.image, 1.0 - out.transmittance, out.image_dx, out.image_dy, out.image_dxy))
         return self.finished
 

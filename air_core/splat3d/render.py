@@ -36,6 +36,9 @@ from .sh import sh_colours
 
 __all__ = ["ProjectedGaussians", "SplatRenderOutput", "project", "render"]
 
+# rasterizer tile (height, width) of 3DGS renders (see ``render``'s tile_size)
+TILE_SIZE = (16, 64)
+
 # the projection Jacobian is evaluated with x / z and y / z clamped to this multiple of the half
 # field of view (INRIA / gsplat use 1.3)
 FRUSTUM_CLAMP = 1.3
@@ -214,7 +217,7 @@ def _project_numba(scene, camera, near_plane, far_plane, eps2d, sh_degree, limit
 def render(scene: GaussianScene, camera: Camera, *, background: torch.Tensor | tuple | None = None,
            return_derivatives: bool = False, sh_degree: int | None = None, near_plane: float = 0.01,
            far_plane: float = 1e10, eps2d: float = 0.3, backend: str = "auto",
-           tile_size: int | tuple[int, int] = (16, 64)) -> SplatRenderOutput:
+           tile_size: int | tuple[int, int] = TILE_SIZE) -> SplatRenderOutput:
     """Render a 3DGS scene from a camera at the camera's resolution (``camera.width`` x ``camera.height``).
 
     Args:
