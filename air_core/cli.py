@@ -1,5 +1,8 @@
 """The ``air`` command-line tool.
 
+    air reconstruct IMAGE|DIR|--sample NAME -o OUTDIR [--stages 4] [--refine-steps K] [--weights PATH]
+                                  image(s) -> 2D Gaussians with the feed-forward AIR predictor (optionally
+                                  refined per image); a folder is processed image by image with a summary
     air fit IMAGE|--sample NAME -n 20000 --steps 2000 -o OUTDIR   fit 2D Gaussians to an image
     air render FILE --scale 2 -o out.png                           render a Gaussian file at any scale
     air info FILE                                                  describe a Gaussian file
@@ -20,6 +23,10 @@ from pathlib import Path
 from typing import Sequence
 
 __all__ = ["main", "build_parser"]
+
+
+#: File suffixes ``air reconstruct`` picks up in a folder.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def _positive_int(text: str) -> int:
@@ -60,6 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    rc = sub.add_parser("reconstruct", help="image(s) -> 2D Gaussians with the feed-forward AIR predictor")
+    src = rc.add_mutually_exclusive_group(required=True)
+    src.add_argument("input", nargs="?", metavar="IMAGE|DIR",
+                     help="an image file, or a folder of images (" + ", ".join(IMAGE_SUFFIXES) + "; not recursive)")
+    src.add_argument("--sample", metavar="NAME", help="a photo shipped with scikit-image, e.g. astronaut")
+    rc.add_argument("--stages", type=_positive_int, default=None,
+                    help="predictor stages to run, 1 .. the model's (default: all, 4 for the shipped weights)")
+    rc.add_argument("--refine-steps", type=int, default=0, metavar="K",
+                    help="per-image optimisation steps after the prediction (default 0)")
+    rc.add_argument("--weights", metavar="PATH", default=None,
+                    help="predictor weights (.safetensors; default: the shipped ones)")
+    rc.add_argument("--seed", type=int, default=0)
+    rc.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    rc.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    rc.add_argument("--quiet", action="store_true", help="no progress bar")
 
     r = sub.add_parser("render", help="render a Gaussian file at any scale")
     r.add_argument("file", help="a .npz Gaussian file written by 'air fit'")
@@ -136,6 +159,185 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     print(f"{len(g)} Gaussians, PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}"
           + (f", MS-SSIM {ms:.4f}" if ms is not None else "") + f", {result.time_s:.1f} s -> {out}/")
     return 0
+
+
+def _reconstruct_outputs(folder: Path) -> list[Path]:
+    return [folder / name for name in ("gaussians.npz", "render.png", "error.png", "metrics.json")]
+
+
+def _check_not_input(outputs: Sequence[Path], inputs: Sequence[Path]) -> None:
+    """Refuse to write over an input image."""
+    sources = {p.resolve() for p in inputs}
+    for p in outputs:
+        if p.resolve() in sources:
+            raise ValueError(f"output {str(p)!r} would overwrite the input image; choose another -o folder")
+
+
+def _write_reconstruction(result, target, folder: Path, record: dict) -> dict:
+    """gaussians.npz, render.png, error.png, metrics.json of one image in ``folder``; returns the record."""
+    from . import images
+    from ._io import atomic_write
+    from .gaussians import save_gaussians
+
+    folder.mkdir(parents=True, exist_ok=True)
+    g = result.gaussians
+    g.metadata.update({"source": record["image"]})
+    save_gaussians(g, folder / "gaussians.npz")
+    final = result.render
+    images.save_image(folder / "render.png", final[:1] if result.gray else final)
+    images.save_error_map(folder / "error.png", final, target)
+    h, w = g.image_size
+    report = dict(record, width=w, height=h, num_gaussians=len(g), stages=result.stages, counts=result.counts,
+                  patch_size=result.patch_size, refine_steps=result.refine_steps, refined=result.refined,
+                  gray=result.gray, metrics=result.metrics, timings=result.timings)
+    with atomic_write(folder / "metrics.json", "w") as fh:
+        json.dump(report, fh, indent=2)
+    return report
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    import csv
+    import io
+    import math
+
+    from tqdm import tqdm
+
+    from . import images
+    from ._device import resolve_device
+    from ._io import atomic_write
+    from .predictor import AIRPredictor, load_predictor, reconstruct
+
+    if args.refine_steps < 0:
+        raise ValueError(f"--refine-steps must be >= 0, got {args.refine_steps}")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"-o {str(out)!r} exists and is not a folder")
+    # inputs first (bad input -> exit 2 before any model is loaded)
+    folder_mode = False
+    if args.sample:
+        sources: list = [args.sample]
+    else:
+        src = Path(args.input)
+        if not src.exists():
+            raise FileNotFoundError(f"input not found: {str(src)!r}")
+        if src.is_dir():
+            folder_mode = True
+            sources = sorted((p for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                             key=lambda p: p.name)
+            if not sources:
+                raise ValueError(f"folder {str(src)!r} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+        else:
+            sources = [src]
+    dev = resolve_device(args.device)
+    if not folder_mode:
+        source = sources[0]
+        if args.sample:
+            array, name = images.sample_image(source), f"sample:{source}"
+        else:
+            _check_not_input(_reconstruct_outputs(out), [source])
+            array, name = images.load_image(source), str(source)
+        target = images.to_tensor(array, argument=name)
+    model: AIRPredictor = load_predictor(args.weights, dev)
+    if args.stages is not None and args.stages > model.num_stages:
+        raise ValueError(f"--stages must be in 1 .. {model.num_stages} (the model's stages), got {args.stages}")
+
+    if not folder_mode:
+        bar = tqdm(total=100, unit="%", disable=args.quiet, desc="reconstruct")
+
+        def progress(fraction: float, message: str) -> None:
+            bar.n = int(round(100 * fraction))
+            bar.set_postfix_str(message.split("  ")[-1])
+            bar.refresh()
+
+        try:
+            result = reconstruct(array, args.stages, args.refine_steps, dev, progress, model=model, seed=args.seed)
+        finally:
+            bar.close()
+        out.mkdir(parents=True, exist_ok=True)
+        report = _write_reconstruction(result, target, out, {"image": name, "weights": _weights_name(args)})
+        m = report["metrics"]
+        ms = m.get("ms_ssim")
+        print(f"{report['num_gaussians']} Gaussians (per stage {result.counts}), PSNR {m['psnr']:.2f} dB"
+              + (f", SSIM {m['ssim']:.4f}" if m["ssim"] is not None else "")
+              + (f", MS-SSIM {ms:.4f}" if ms is not None else "")
+              + f", feed-forward {1e3 * result.timings['feedforward']:.1f} ms"
+              + (f", refine {result.timings['refine']:.2f} s" if args.refine_steps else "") + f" -> {out}/")
+        return 0
+
+    # a folder: one sub-folder per image (by stem; suffixed when two images share a stem)
+    stems = [p.stem for p in sources]
+    names = [p.stem if stems.count(p.stem) == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in sources]
+    _check_not_input([f for n in names for f in _reconstruct_outputs(out / n)]
+                     + [out / "summary.json", out / "summary.csv"], sources)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    failures: list[dict] = []
+    bar = tqdm(list(zip(sources, names)), unit="image", disable=args.quiet, desc="reconstruct")
+    for path, name in bar:
+        bar.set_postfix_str(path.name)
+        try:
+            array = images.load_image(path)
+            target = images.to_tensor(array, argument=str(path))
+            result = reconstruct(array, args.stages, args.refine_steps, dev, model=model, seed=args.seed)
+            report = _write_reconstruction(result, target, out / name,
+                                           {"image": str(path), "weights": _weights_name(args)})
+        except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError, MemoryError) as exc:
+            failures.append({"image": str(path), "error": f"{type(exc).__name__}: {exc}"})
+            tqdm.write(f"air reconstruct: skipped {path.name}: {exc}", file=sys.stderr)
+            continue
+        m = report["metrics"]
+        rows.append({"image": path.name, "folder": name, "width": report["width"], "height": report["height"],
+                     "num_gaussians": report["num_gaussians"], "psnr": m["psnr"], "ssim": m["ssim"],
+                     "ms_ssim": m["ms_ssim"], "feedforward_s": report["timings"]["feedforward"],
+                     "refine_s": report["timings"]["refine"], "time_s": report["timings"]["total"]})
+    bar.close()
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in rows if r[key] is not None and math.isfinite(r[key])]
+        return sum(values) / len(values) if values else None
+
+    numeric = ("num_gaussians", "psnr", "ssim", "ms_ssim", "feedforward_s", "refine_s", "time_s")
+    summary = {"input": str(args.input), "weights": _weights_name(args), "stages": args.stages,
+               "refine_steps": args.refine_steps, "images": rows, "failed": failures,
+               "mean": {k: mean(k) for k in numeric} if rows else None}
+    with atomic_write(out / "summary.json", "w") as fh:
+        json.dump(summary, fh, indent=2)
+    columns = ["image", "folder", "width", "height"] + list(numeric)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in columns})
+    if rows:
+        writer.writerow({"image": "mean", **{k: ("" if summary["mean"][k] is None else f"{summary['mean'][k]:.6g}")
+                                             for k in numeric}})
+    with atomic_write(out / "summary.csv", "w") as fh:
+        fh.write(buf.getvalue())
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    width = max([len("image"), len("mean")] + [len(r["image"]) for r in rows])
+    print(f"{'image':<{width}} {'size':>11} {'Gaussians':>10} {'PSNR dB':>8} {'MS-SSIM':>8} {'time s':>8}")
+    for r in rows:
+        print(f"{r['image']:<{width}} {str(r['width']) + 'x' + str(r['height']):>11} {r['num_gaussians']:>10} "
+              f"{fmt(r['psnr'], '.2f'):>8} {fmt(r['ms_ssim'], '.4f'):>8} {fmt(r['time_s'], '.3f'):>8}")
+    if rows:
+        mm = summary["mean"]
+        print(f"{'mean':<{width}} {'':>11} {fmt(mm['num_gaussians'], '.0f'):>10} {fmt(mm['psnr'], '.2f'):>8} "
+              f"{fmt(mm['ms_ssim'], '.4f'):>8} {fmt(mm['time_s'], '.3f'):>8}")
+    print(f"{len(rows)} of {len(sources)} images reconstructed -> {out}/")
+    if failures:
+        failed = ", ".join(Path(f["image"]).name for f in failures)
+        print(f"air reconstruct: {len(failures)} image(s) failed: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _weights_name(args: argparse.Namespace) -> str:
+    from .predictor import PRETRAINED_PATH
+
+    return str(args.weights) if args.weights else f"shipped ({PRETRAINED_PATH.name})"
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
@@ -258,7 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``air``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"fit": _cmd_fit, "render": _cmd_render, "info": _cmd_info, "splat": _cmd_splat_render}
+    handlers = {"reconstruct": _cmd_reconstruct, "fit": _cmd_fit, "render": _cmd_render, "info": _cmd_info,
+                "splat": _cmd_splat_render}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

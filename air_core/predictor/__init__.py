@@ -5,15 +5,19 @@
 * :func:`stage_control`, :func:`patch_errors`: per-patch MSE / SSIM tests deciding which candidates are
   kept (``stage_control``).
 * :class:`AIRPredictor`, :class:`PredictorOutput`: stage-wise residual prediction (``model``). Untrained
-  as constructed; no weights ship yet.
+  as constructed; the shipped weights are at :data:`PRETRAINED_PATH`.
+* :func:`reconstruct`, :class:`ReconstructResult`, :class:`ReconstructCancelled`, :func:`load_predictor`:
+  image -> Gaussians with the (shipped) predictor, timed per stage, optionally refined per image (``api``).
 """
 
-from .model import ENCODER_STRIDE, AIRPredictor, PredictorOutput
+from .api import ReconstructCancelled, ReconstructResult, load_predictor, reconstruct
+from .model import ENCODER_STRIDE, PRETRAINED_PATH, AIRPredictor, PredictorOutput
 from .parameterization import RAW_CHANNELS, decode_candidates, patch_centres, patch_grid
 from .stage_control import MSE_THRESHOLD, SSIM_THRESHOLD, patch_errors, stage_control
 
 __all__ = [
-    "AIRPredictor", "PredictorOutput", "ENCODER_STRIDE",
+    "AIRPredictor", "PredictorOutput", "ENCODER_STRIDE", "PRETRAINED_PATH",
+    "reconstruct", "ReconstructResult", "ReconstructCancelled", "load_predictor",
     "RAW_CHANNELS", "decode_candidates", "patch_centres", "patch_grid",
     "stage_control", "patch_errors", "MSE_THRESHOLD", "SSIM_THRESHOLD",
 ]

@@ -33,8 +33,11 @@ The stages have separate weights (as in AIR). The model is untrained as construc
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,7 +50,12 @@ from ..raster2d import render
 from .parameterization import RAW_CHANNELS, check_patch_size, decode_candidates, patch_grid
 from .stage_control import stage_control
 
-__all__ = ["AIRPredictor", "PredictorOutput", "ENCODER_STRIDE"]
+__all__ = ["AIRPredictor", "PredictorOutput", "ENCODER_STRIDE", "PRETRAINED_PATH"]
+
+#: The shipped weights (safetensors; config and training record in the file's metadata).
+PRETRAINED_PATH = Path(__file__).resolve().parent / "weights" / "air_ps7_s4.safetensors"
+_FORMAT = "air-predictor"
+_FORMAT_VERSION = "1"
 
 #: Downsampling factor of each stage's encoder.
 ENCODER_STRIDE = 8
@@ -106,25 +114,35 @@ def _down(cin: int, cout: int) -> nn.Sequential:
 
 
 class _StageNet(nn.Module):
-    """One stage: encoder at stride 8 -> learned JBU to the patch grid -> 1x1 head (module docstring)."""
+    """One stage: encoder at stride 8 -> learned JBU to the patch grid (+ patchify skip) -> head."""
 
     def __init__(self, width: int, patch_size: int) -> None:
         super().__init__()
+        self.patch_size = patch_size
         self.encoder = nn.Sequential(_down(6, width), _down(width, width), _down(width, width),
                                      _ResBlock(width), _ResBlock(width))
         # enough 2x JBU steps for the stride-8 -> patch-grid factor (one for ps = 5..8)
         jbu_stages = max(1, math.ceil(math.log2(ENCODER_STRIDE / patch_size)))
         self.jbu = JBUStack(feat_dim=width, num_stages=jbu_stages, guidance_dim=3)
+        # patchify skip: the patch's own pixels, linearly (no normalisation keeps the residual's amplitude)
+        self.patchify = nn.Conv2d(6, width, patch_size, stride=patch_size)
+        self.mix = nn.Sequential(_ResBlock(width), _ResBlock(width))
         self.head = nn.Sequential(nn.Conv2d(width, width, 1), nn.GELU(), nn.Conv2d(width, RAW_CHANNELS, 1))
         nn.init.normal_(self.head[-1].weight, std=_HEAD_INIT_STD)
         nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, residual: torch.Tensor, image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        features = self.encoder(torch.cat([residual, image], 1))
+        x = torch.cat([residual, image], 1)
+        features = self.encoder(x)
         fh, fw = features.shape[-2:]
         if fh > grid[0] or fw > grid[1]:
             features = F.adaptive_avg_pool2d(features, (min(fh, grid[0]), min(fw, grid[1])))
-        return self.head(self.jbu(features, image, size=grid))
+        lifted = self.jbu(features, image, size=grid)
+        ps = self.patch_size
+        h, w = x.shape[-2:]
+        # replicate-pad partial border patches to whole ones
+        padded = F.pad(x, (0, grid[1] * ps - w, 0, grid[0] * ps - h), mode="replicate")
+        return self.head(self.mix(lifted + self.patchify(padded)))
 
 
 def _check_int(value: Any, name: str, low: int) -> int:
@@ -141,8 +159,8 @@ class AIRPredictor(nn.Module):
     Args:
         num_stages: number of stages S_max (AIR: 4), int >= 1; each has its own network.
         patch_size: ps, int >= 1 (AIR: 7); one candidate per ps x ps patch per stage.
-        width: encoder / JBU / head channels, int >= 1 (default 64: 241,057 parameters per stage,
-            964,228 for 4 stages).
+        width: encoder / JBU / head channels, int >= 1 (default 64: 408,161 parameters per stage,
+            1,632,644 for 4 stages).
         mse_threshold, ssim_threshold: stage control thresholds (see
             :func:`~air_core.predictor.stage_control.stage_control`).
 
@@ -170,6 +188,64 @@ class AIRPredictor(nn.Module):
         """Constructor arguments."""
         return {"num_stages": self.num_stages, "patch_size": self.patch_size, "width": self.width,
                 "mse_threshold": self.mse_threshold, "ssim_threshold": self.ssim_threshold}
+
+    def save_pretrained(self, path: str | os.PathLike, training: dict[str, Any] | None = None) -> None:
+        """Write the weights as a safetensors file (atomically: a temporary file, then a rename).
+
+        The file's metadata holds ``format`` ("air-predictor"), ``version``, ``config`` (the constructor
+        arguments, JSON) and ``training`` (a free JSON record: command, data, hardware, steps, ...).
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "config": json.dumps(self.config),
+                "training": json.dumps(training or {})}
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+                        ) -> "AIRPredictor":
+        """Load a predictor written by :meth:`save_pretrained`; no network access.
+
+        Args:
+            path: a ``.safetensors`` file; default: the weights shipped in the package
+                (:data:`PRETRAINED_PATH`).
+            device: where to put the model. It is returned in eval mode.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            ValueError: the file is not an AIR predictor file, or its tensors do not match its config.
+        """
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(PRETRAINED_PATH if path is None else path)
+        if not path.is_file():
+            raise FileNotFoundError(f"predictor weights not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not an AIR predictor file (metadata format {meta.get('format')!r})")
+        if meta.get("version") != _FORMAT_VERSION:
+            raise ValueError(f"{path} has predictor file version {meta.get('version')!r}; this air_core reads "
+                             f"version {_FORMAT_VERSION}")
+        model = cls(**json.loads(meta["config"]))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: weights do not match the stored config: {exc}") from None
+        model.training_record = json.loads(meta.get("training", "{}"))
+        return model.to(device).eval()
 
     def _check_image(self, image: Any) -> torch.Tensor:
         if not isinstance(image, torch.Tensor):
