@@ -16,6 +16,9 @@ from typing import IO, Iterator
 
 __all__ = ["atomic_write", "as_path"]
 
+# Note: os.umask is process-wide; reading it (set and restore) is not thread-safe against another
+# thread changing it at the same moment, which nothing in this package does.
+
 
 def as_path(path: str | os.PathLike, argument: str = "path") -> Path:
     """Return ``path`` as a :class:`~pathlib.Path`.
@@ -59,6 +62,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", suffix: str | None =
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates 0600 files; give the result the permissions an ordinary open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
         os.replace(tmp_name, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -6,6 +6,15 @@
     air fit IMAGE|--sample NAME -n 20000 --steps 2000 -o OUTDIR   fit 2D Gaussians to an image
     air render FILE --scale 2 -o out.png                           render a Gaussian file at any scale
     air info FILE                                                  describe a Gaussian file
+    air encode IMAGE|GAUSSIANS.npz|--sample NAME -o OUT.air [--stages N] [--refine-steps K] [--weights PATH]
+               [--bits NAME=INT ...] [--json]
+                                  image -> AIR predictor -> compressed .air file (AIR's quantizer + ANS), with
+                                  the size (bits per pixel) and the PSNR / MS-SSIM of the decoded image; a
+                                  Gaussian .npz is compressed as it is (free layout)
+    air decode FILE.air -o out.png [--scale S | --size H W] [--gaussians OUT.npz]
+                                  render an .air file at any scale (optionally save its Gaussians as .npz)
+    air train [-o RUNDIR] [--train-dir DIR ...] [--val-dir DIR] [options]
+                                  train the AIR predictor (PyTorch Lightning; ``air train --help``)
     air splat render SCENE.ply --orbit 8 --size 1024 --scale 4 -o OUTDIR
                                   render a 3DGS scene from orbit cameras at 1/scale resolution,
                                   upscale (gradient-aware Hermite by default), compare with full resolution
@@ -49,9 +58,44 @@ def _positive_float(text: str) -> float:
     return value
 
 
+class _LazyParser(argparse.ArgumentParser):
+    """An argument parser whose options are added on first use (``populate(parser)``).
+
+    ``air train``'s options come from :mod:`air_core.predictor.training`, which imports Lightning (several
+    seconds); building them lazily keeps ``air --help`` and the other commands fast.
+    """
+
+    def __init__(self, *args, populate=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._populate = populate
+
+    def _ensure_populated(self) -> None:
+        if self._populate is not None:
+            populate, self._populate = self._populate, None
+            populate(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._ensure_populated()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._ensure_populated()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._ensure_populated()
+        return super().format_help()
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .predictor.training import add_train_arguments  # imports Lightning: only for ``air train``
+
+    add_train_arguments(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="air", description="Gaussian-splat image toolkit (AIR).")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_LazyParser)
 
     p = sub.add_parser("fit", help="fit 2D Gaussians to an image (per-image optimisation)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -97,6 +141,43 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a Gaussian file")
     i.add_argument("file")
     i.add_argument("--json", action="store_true", help="machine-readable output")
+
+    e = sub.add_parser("encode", help="image (or Gaussian .npz) -> compressed .air file, with size and quality")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("input", nargs="?", metavar="IMAGE|GAUSSIANS.npz",
+                     help="an image file (run through the AIR predictor), or a Gaussian .npz written by "
+                          "'air fit' / 'air reconstruct' (compressed as it is, free layout)")
+    src.add_argument("--sample", metavar="NAME", help="a photo shipped with scikit-image, e.g. astronaut")
+    e.add_argument("-o", "--output", required=True, help="output .air file")
+    e.add_argument("--stages", type=_positive_int, default=None,
+                   help="predictor stages to run, 1 .. the model's (default: all, 4 for the shipped weights)")
+    e.add_argument("--refine-steps", type=int, default=0, metavar="K",
+                   help="per-image optimisation steps after the prediction (default 0)")
+    e.add_argument("--weights", metavar="PATH", default=None,
+                   help="predictor weights (.safetensors; default: the shipped ones)")
+    e.add_argument("--bits", metavar="NAME=INT", nargs="+", action="extend", default=None,
+                   help="quantizer bits per channel or group, 1..16, e.g. --bits colour=6 scale=6 (names: "
+                        "offset_x, offset_y, pos_x, pos_y, position, scale_1, scale_2, scale, angle, colour_y, "
+                        "colour_cb, colour_cr, colour, opacity; see air_core.codec); give INPUT before --bits")
+    e.add_argument("--seed", type=int, default=0, help="seed of the refinement")
+    e.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    e.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    d = sub.add_parser("decode", help="render an .air file at any scale (optionally save its Gaussians)")
+    d.add_argument("file", metavar="FILE.air", help="a file written by 'air encode'")
+    size = d.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=_positive_float, default=1.0, help="output/input size ratio (e.g. 0.5, 2, 3.7)")
+    size.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"), help="explicit output size")
+    d.add_argument("--gaussians", metavar="OUT.npz", default=None,
+                   help="also save the decoded Gaussians as a .npz Gaussian file")
+    d.add_argument("--bit-depth", type=int, choices=(8, 16), default=8)
+    d.add_argument("--device", default="auto")
+    d.add_argument("-o", "--output", required=True, help="output PNG")
+
+    sub.add_parser("train", help="train the AIR predictor (PyTorch Lightning; 'air train --help' for the options)",
+                   description="Train the AIR predictor: Predict-Optimize-Distill, then cross-stage finetuning "
+                               "(air_core.predictor.training).", populate=_add_train_arguments)
 
     sp = sub.add_parser("splat", help="3D Gaussian Splatting scenes (.ply)")
     ssub = sp.add_subparsers(dest="splat_command", required=True)
@@ -340,21 +421,242 @@ def _weights_name(args: argparse.Namespace) -> str:
     return str(args.weights) if args.weights else f"shipped ({PRETRAINED_PATH.name})"
 
 
-def _cmd_render(args: argparse.Namespace) -> int:
+def _render_to_png(g, args: argparse.Namespace, mode: str | None = None):
+    """Render ``g`` at ``args.scale`` or ``args.size`` on ``args.device`` into the PNG ``args.output``."""
     import torch
 
     from . import images
-    from .gaussians import load_gaussians
     from .raster2d import render
 
-    g = load_gaussians(args.file)
     with torch.no_grad():
         if args.size:
-            img = render(g, size=tuple(args.size), scale=None, mode=args.mode, device=args.device)
+            img = render(g, size=tuple(args.size), scale=None, mode=mode, device=args.device)
         else:
-            img = render(g, scale=args.scale, mode=args.mode, device=args.device)
+            img = render(g, scale=args.scale, mode=mode, device=args.device)
     images.save_image(args.output, img.clamp(0, 1).cpu(), bit_depth=args.bit_depth)
+    return img
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from .gaussians import load_gaussians
+
+    g = load_gaussians(args.file)
+    img = _render_to_png(g, args, args.mode)
     print(f"rendered {img.shape[2]}x{img.shape[1]} -> {args.output}")
+    return 0
+
+
+def _parse_bits(items: Sequence[str] | None) -> dict[str, int] | None:
+    """``--bits NAME=INT ...`` -> {name: int}, checked by the codec's own rules (bad input: ValueError)."""
+    if not items:
+        return None
+    import torch
+
+    from .codec import quantize
+    from .gaussians import Gaussians2D
+
+    bits: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if not sep or not name or number is None:
+            raise ValueError(f"--bits expects NAME=INT (e.g. colour=6), got {item!r}")
+        bits[name] = number
+    # the codec's checks (names, 1..16) on a one-Gaussian set, before any slow work
+    probe = Gaussians2D(torch.full((1, 2), 0.5), torch.ones(1, 2), torch.zeros(1), torch.zeros(1, 3),
+                        torch.full((1,), 0.5), (1, 1), {"mode": "alpha"})
+    try:
+        quantize(probe, bits=bits)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--bits: {exc}") from None
+    return bits
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    import torch
+    from tqdm import tqdm
+
+    from . import codec, images
+    from ._device import resolve_device
+    from .gaussians import load_gaussians
+    from .metrics import compute_metrics
+    from .raster2d import render
+
+    if args.refine_steps < 0:
+        raise ValueError(f"--refine-steps must be >= 0, got {args.refine_steps}")
+    out = Path(args.output)
+    if out.is_dir():
+        raise ValueError(f"-o {str(out)!r} is a folder; give the .air file to write")
+    bits = _parse_bits(args.bits)
+    # inputs first (bad input -> exit 2 before any model is loaded)
+    gaussian_input = False
+    if args.sample:
+        name = f"sample:{args.sample}"
+    else:
+        src = Path(args.input)
+        if not src.exists():
+            raise FileNotFoundError(f"input not found: {str(src)!r}")
+        if src.is_dir():
+            raise ValueError(f"input {str(src)!r} is a folder; 'air encode' takes one image or Gaussian .npz file")
+        if _same_file(out, src):
+            raise ValueError(f"output {str(out)!r} would overwrite the input; choose another -o file")
+        gaussian_input = src.suffix.lower() == ".npz"
+        name = str(src)
+    dev = resolve_device(args.device)
+    report: dict = {"input": name, "output": str(out)}
+    target = result = None
+    if gaussian_input:
+        for option, value in (("--stages", args.stages), ("--refine-steps", args.refine_steps or None),
+                              ("--weights", args.weights)):
+            if value is not None:
+                raise ValueError(f"{option} applies to images only; {name!r} is a Gaussian file "
+                                 f"(encoded as it is)")
+        g = load_gaussians(src)
+        keep = patch_size = None
+        report.update(source="gaussians")
+    else:
+        from .predictor import load_predictor, reconstruct
+
+        array = images.sample_image(args.sample) if args.sample else images.load_image(src)
+        target = images.to_tensor(array, argument=name)
+        model = load_predictor(args.weights, dev)
+        if args.stages is not None and args.stages > model.num_stages:
+            raise ValueError(f"--stages must be in 1 .. {model.num_stages} (the model's stages), got {args.stages}")
+        bar = tqdm(total=100, unit="%", disable=args.quiet, desc="encode")
+
+        def progress(fraction: float, message: str) -> None:
+            bar.n = int(round(100 * fraction))
+            bar.set_postfix_str(message.split("  ")[-1])
+            bar.refresh()
+
+        try:
+            result = reconstruct(array, args.stages, args.refine_steps, dev, progress, model=model, seed=args.seed)
+        finally:
+            bar.close()
+        g = result.gaussians
+        keep, patch_size = result.keep, result.patch_size
+        if len(g) != int(keep.sum()):  # not the kept candidates any more: no patch structure to exploit
+            keep = patch_size = None
+        report.update(source="image", weights=_weights_name(args), stages=result.stages,
+                      refine_steps=result.refine_steps, refined=result.refined)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    stats = codec.encode(g, out, keep=keep, patch_size=patch_size, bits=bits)
+    encode_time = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    decoded = codec.decode(out, device="cpu")
+    decode_time = time.perf_counter() - t0
+    with torch.no_grad():
+        decoded_render = render(decoded, device=dev).clamp(0, 1).cpu()
+        reference = result.render if result is not None else render(g, device=dev).clamp(0, 1).cpu()
+    h, w = g.image_size
+    num_bytes = os.path.getsize(out)
+    n = len(g)
+    report.update(layout=stats.layout, mode=g.mode, image_size=[h, w], num_gaussians=n, bytes=num_bytes,
+                  bits_per_pixel=8.0 * num_bytes / (h * w), bits_per_gaussian=8.0 * num_bytes / n if n else None,
+                  raw_bits_per_gaussian=stats.raw_bits_per_gaussian, header_bytes=stats.header_bytes,
+                  mask_bytes=stats.mask_bytes, channel_bytes=stats.channel_bytes, bits=bits or {})
+    keys = ("psnr", "ssim", "ms_ssim")
+    if target is not None:
+        if target.shape[0] == 1:  # a gray image: the Gaussians' colour channels are equal
+            decoded_render = decoded_render.mean(0, keepdim=True)
+            reference = reference.mean(0, keepdim=True)
+        m = compute_metrics(decoded_render, target)
+        report["metrics"] = {k: m[k] for k in keys}
+        report["metrics_unquantized"] = {k: result.metrics[k] for k in keys}
+    else:
+        report["metrics"] = None  # no image to compare with
+        report["metrics_unquantized"] = None
+    report["psnr_vs_unquantized"] = compute_metrics(decoded_render, reference)["psnr"]
+    report["timings"] = {"reconstruct_s": result.timings["total"] if result is not None else 0.0,
+                         "encode_s": encode_time, "decode_s": decode_time}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    bpg = f", {report['bits_per_gaussian']:.1f} bits/Gaussian" if n else ""
+    print(f"{n} Gaussians ({stats.layout} layout) -> {out}: {num_bytes} bytes, "
+          f"{report['bits_per_pixel']:.4f} bpp{bpg}, encode {encode_time:.3f} s")
+    if target is not None:
+        m, u = report["metrics"], report["metrics_unquantized"]
+        ms = f", MS-SSIM {m['ms_ssim']:.4f}" if m["ms_ssim"] is not None else ""
+        print(f"decoded image: PSNR {m['psnr']:.2f} dB{ms} (before quantization {u['psnr']:.2f} dB)")
+    else:
+        print(f"no image to compare with (the input is a Gaussian file); decoded render vs the unquantized "
+              f"render: PSNR {report['psnr_vs_unquantized']:.2f} dB")
+    return 0
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    from . import codec
+    from .gaussians import Gaussians2D, save_gaussians
+
+    src, out = Path(args.file), Path(args.output)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"-o must be a .png file, got {str(out)!r}")
+    dests = [out] + ([Path(args.gaussians)] if args.gaussians else [])
+    if args.gaussians and Path(args.gaussians).suffix.lower() != ".npz":
+        raise ValueError(f"--gaussians must be a .npz file, got {args.gaussians!r}")
+    if args.gaussians and _same_file(dests[0], dests[1]):
+        raise ValueError("-o and --gaussians name the same file")
+    if src.exists():
+        for p in dests:
+            if _same_file(p, src):
+                raise ValueError(f"output {str(p)!r} would overwrite the input; choose another file")
+    g = codec.decode(src, device="cpu")
+    for p in dests:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    img = _render_to_png(g, args)
+    print(f"decoded {len(g)} Gaussians ({g.image_size[1]}x{g.image_size[0]}), rendered "
+          f"{img.shape[2]}x{img.shape[1]} -> {args.output}")
+    if args.gaussians:
+        # the patch layout's keep masks (a tensor) are not JSON: keep the serialisable facts
+        meta = {"mode": g.mode, "source": str(src)}
+        keep = g.metadata.get("keep")
+        if keep is not None:
+            meta.update(patch_size=int(g.metadata["patch_size"]),
+                        counts=[int(c) for c in keep.reshape(keep.shape[0], -1).sum(1)])
+        plain = Gaussians2D(g.means, g.scales, g.rotations, g.colours, g.opacities, g.image_size, meta)
+        save_gaussians(plain, args.gaussians)
+        print(f"Gaussians -> {args.gaussians}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import signal
+
+    from .predictor.training import config_from_args, train
+
+    try:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+    except ImportError:  # pragma: no cover
+        MisconfigurationException = ValueError  # noqa: N806
+
+    config = config_from_args(args)
+    try:
+        record = train(config, resume=args.resume, progress_bar=not args.quiet)
+    except MisconfigurationException as exc:  # a bad --accelerator / --devices / --strategy / --precision
+        raise ValueError(str(exc)) from None
+    except SystemExit as exc:
+        # Lightning turns Ctrl-C into a graceful shutdown and sys.exit(1), leaving SIGINT ignored
+        if exc.code == 1 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt from None
+        raise
+    if "export" not in record:  # a non-zero rank of a multi-process run: rank 0 reports
+        return 0
+    print(f"trained {record['steps']} steps in {record['wall_time_s']:.1f} s on {record['hardware']} "
+          f"-> {record['export']}")
     return 0
 
 
@@ -461,7 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"reconstruct": _cmd_reconstruct, "fit": _cmd_fit, "render": _cmd_render, "info": _cmd_info,
-                "splat": _cmd_splat_render}
+                "encode": _cmd_encode, "decode": _cmd_decode, "train": _cmd_train, "splat": _cmd_splat_render}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -470,3 +470,17 @@ def test_paths_accepted(tmp_path):
     la = np.stack([arr[..., 0], np.full((4, 6), 200, np.uint8)], -1)
     Image.fromarray(la, "LA").save(tmp_path / "la.png")
     assert torch.equal(to_tensor(tmp_path / "la.png"), to_tensor(arr[..., 0]))
+
+
+def test_written_files_get_umask_permissions(tmp_path):
+    """atomic_write's temporary file is 0600; the renamed result must have open()'s permissions."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        save_image(tmp_path / "a.png", torch.rand(3, 4, 4))
+        mode = stat.S_IMODE(os.stat(tmp_path / "a.png").st_mode)
+    finally:
+        os.umask(old)
+    assert mode == 0o644

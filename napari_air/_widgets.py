@@ -1,0 +1,634 @@
+"""Dock widgets of the napari plugin: Reconstruct with AIR, Render at scale, Upsample with JBU, Fit Gaussians.
+
+Each widget is a magicgui :class:`~magicgui.widgets.Container`. A run:
+
+1. on the GUI thread, takes a copy of the current 2D plane of the chosen layer(s) and their geometry
+   (scale, translate, units, axis labels), so the result belongs to the layer the run started from
+   whatever is selected meanwhile, and the input layer is never modified;
+2. computes in a napari ``thread_worker`` generator: the ``air_core`` call runs with a ``progress``
+   callback, whose reports the generator yields (progress bar in the activity dock, one step per
+   stage / refinement chunk). Cancel quits the worker and makes the callback return False, which stops
+   the ``air_core`` call at its next report;
+3. back on the GUI thread, adds the output layers or updates those of the same name.
+
+Errors (bad input, missing weights) are caught in the worker and shown as napari notifications.
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton,
+                              SpinBox)
+
+from ._layers import (META_GAUSSIANS, META_KEEP, META_METRICS, META_PATCH_SIZE, META_SOURCE, Geometry, Plane,
+                      centres_points, core_image, image_from_render, is_gray, layer_plane, stage_labels,
+                      upsert_layer)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+#: A predictor (``air_core.predictor.model.AIRPredictor``) used by "Reconstruct with AIR" instead of the
+#: shipped weights when no weights file is chosen. For tests and scripts (e.g. a small untrained model);
+#: None (default) loads the shipped weights.
+DEFAULT_MODEL: Any = None
+
+DEVICES = ("auto", "cpu", "cuda")
+_HEARTBEAT_S = 0.1
+
+
+class _Failed:
+    """What a worker returns when the air_core call raised (shown as a notification)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+        self.trace = traceback.format_exc()
+
+
+def _progress_steps(call: Callable[[Callable[[float, str], bool]], Any], cancel: threading.Event):
+    """Generator (runs in the worker thread): run ``call(progress)`` and yield its (fraction, message) reports.
+
+    The call runs in a helper thread so that the generator can yield while it works; a heartbeat (None)
+    is yielded every 0.1 s so that a cancelled worker stops at once. ``progress`` returns False once
+    ``cancel`` is set, which makes the air_core call raise its cancellation at the next report.
+    """
+    reports: queue.SimpleQueue = queue.SimpleQueue()
+    box: dict[str, Any] = {}
+
+    def progress(fraction: float, message: str) -> bool:
+        reports.put((float(fraction), str(message)))
+        return not cancel.is_set()
+
+    def target() -> None:
+        try:
+            box["result"] = call(progress)
+        except BaseException as exc:  # noqa: BLE001 - handed to the GUI thread
+            box["result"] = _Failed(exc)
+        finally:
+            reports.put(StopIteration)
+
+    helper = threading.Thread(target=target, name="napari-air-job", daemon=True)
+    helper.start()
+    while True:
+        try:
+            item = reports.get(timeout=_HEARTBEAT_S)
+        except queue.Empty:
+            yield None
+            continue
+        if item is StopIteration:
+            break
+        yield item
+    helper.join()
+    return box.get("result")
+
+
+def _notify(kind: str, message: str) -> None:
+    from napari.utils import notifications
+
+    {"info": notifications.show_info, "warning": notifications.show_warning,
+     "error": notifications.show_error}[kind](message)
+
+
+def _layer_choices(viewer: Any, kinds: tuple[str, ...], predicate: Callable[[Any], bool] | None = None):
+    def choices(_widget: Any = None) -> list[tuple[str, Any]]:
+        from napari import layers as nl
+
+        types = tuple(getattr(nl, k) for k in kinds)
+        return [(layer.name, layer) for layer in viewer.layers
+                if isinstance(layer, types) and (predicate is None or predicate(layer))]
+
+    return choices
+
+
+def _has_gaussians(layer: Any) -> bool:
+    return META_GAUSSIANS in (layer.metadata or {})
+
+
+class _JobWidget(Container):
+    """A dock widget that runs one air_core job at a time in a worker, with progress and Cancel."""
+
+    title = "AIR job"
+
+    def __init__(self, viewer: napari.viewer.Viewer, widgets: list) -> None:
+        self._viewer = viewer
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.results = Label(value="")
+        buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
+        super().__init__(widgets=[*widgets, buttons, self.status, self.results])
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.worker: Any = None
+        self._cancel = threading.Event()
+        self._pbar: Any = None
+        self.last_error: str | None = None
+        self.reset_choices()
+
+    # -- to implement --------------------------------------------------------------------------------
+    def _prepare(self) -> tuple[Callable[[Callable[[float, str], bool]], Any], Callable[[Any], None]]:
+        """On the GUI thread: read the inputs; return (work(progress) for the worker, done(result) for the GUI)."""
+        raise NotImplementedError
+
+    # -- machinery ------------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _error(self, message: str) -> None:
+        self.last_error = message
+        self.status.value = _short(message)
+        _notify("error", message)
+
+    def run(self) -> Any:
+        """Start a run (the Run button). Returns the worker, or None when the input was refused."""
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        if self.running:
+            _notify("info", f"{self.title} is already running; cancel it first")
+            return None
+        self.last_error = None
+        try:
+            work, done = self._prepare()
+        except (ValueError, TypeError, FileNotFoundError) as exc:
+            self._error(f"{self.title}: {exc}")
+            return None
+        cancel = self._cancel = threading.Event()
+        worker = create_worker(_progress_steps, work, cancel, _start_thread=False)
+        self._pbar = progress(total=100, desc=self.title)
+        started = time.perf_counter()
+
+        def on_yield(report: Any) -> None:
+            if report is None or self._pbar is None or cancel.is_set():
+                return
+            fraction, message = report
+            target = int(round(100 * min(1.0, max(0.0, fraction))))
+            if target > self._pbar.n:
+                self._pbar.update(target - self._pbar.n)
+            self._pbar.set_description(f"{self.title}: {message}")
+            self.status.value = _short(message)
+
+        def on_return(result: Any) -> None:
+            if cancel.is_set():
+                return
+            if isinstance(result, _Failed):
+                exc = result.exc
+                if type(exc).__name__ in ("ReconstructCancelled", "_Cancelled"):
+                    self.status.value = "cancelled"
+                    return
+                if not isinstance(exc, (ValueError, TypeError, FileNotFoundError, MemoryError)):
+                    print(result.trace)  # an unexpected error: the trace goes to the console, not a dialog
+                self._error(f"{self.title} failed: {exc}")
+                return
+            try:
+                done(result)
+            except (ValueError, TypeError) as exc:
+                self._error(f"{self.title}: could not show the result: {exc}")
+                return
+            self.status.value = f"done in {time.perf_counter() - started:.2f} s"
+
+        def on_finish() -> None:
+            if self._pbar is not None:
+                self._pbar.close()
+                self._pbar = None
+            self.worker = None
+            self.run_button.enabled = True
+            self.cancel_button.enabled = False
+
+        worker.yielded.connect(on_yield)
+        worker.returned.connect(on_return)
+        worker.finished.connect(on_finish)
+        self.worker = worker
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = "running..."
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop the running job (the Cancel button); no layer is added or changed."""
+        if self.worker is None:
+            return
+        self._cancel.set()
+        self.worker.quit()
+        self.status.value = "cancelled"
+
+
+def _short(message: str, limit: int = 160) -> str:
+    message = " ".join(str(message).split())
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def _metrics_text(metrics: dict, extra: str = "") -> str:
+    parts = [f"PSNR {metrics['psnr']:.2f} dB"]
+    if metrics.get("ssim") is not None:
+        parts.append(f"SSIM {metrics['ssim']:.4f}")
+    if metrics.get("ms_ssim") is not None:
+        parts.append(f"MS-SSIM {metrics['ms_ssim']:.4f}")
+    return ", ".join(parts) + (f"\n{extra}" if extra else "")
+
+
+def _check_plane_size(plane: Plane, minimum: int = 2) -> None:
+    h, w = plane.data.shape[:2]
+    if h < minimum or w < minimum:
+        raise ValueError(f"layer {plane.name!r} is {w} x {h} pixels; it must be at least {minimum} x {minimum}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reconstruct with AIR
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ReconstructWidget(_JobWidget):
+    """Image -> 2D Gaussians with the AIR predictor (``air_core.reconstruct``), optionally refined."""
+
+    title = "Reconstruct with AIR"
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.image = ComboBox(label="image", choices=_layer_choices(viewer, ("Image",)), nullable=False,
+                              tooltip="2D gray or RGB image layer (nD layers: the plane shown)")
+        self.weights = FileEdit(label="weights", mode="r", filter="*.safetensors", value="",
+                                tooltip="predictor weights (.safetensors); empty: the shipped model")
+        self.stages = SpinBox(label="stages", value=4, min=1, max=64,
+                              tooltip="predictor stages to run (at most the model's)")
+        self.patch_size = Label(label="patch size", value="set by the model (7 for the shipped one)")
+        self.custom_control = CheckBox(label="custom stage control", value=False,
+                                       tooltip="override the model's stage-control thresholds for this run")
+        self.log_mse = FloatSpinBox(label="log10 MSE threshold", value=-3.5, min=-8.0, max=0.0, step=0.1,
+                                    enabled=False, tooltip="a patch gets a new Gaussian while its MSE is above this")
+        self.ssim_threshold = FloatSpinBox(label="SSIM threshold", value=0.05, min=0.0, max=2.0, step=0.01,
+                                           enabled=False,
+                                           tooltip="... or while its (1 - SSIM) / 2 is above this")
+        self.refine_steps = SpinBox(label="refinement steps", value=0, min=0, max=100000, step=50,
+                                    tooltip="per-image optimisation steps after the predictor (0: none)")
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.out_stages = CheckBox(label="per-stage renders", value=True)
+        self.out_error = CheckBox(label="error map", value=True)
+        self.out_masks = CheckBox(label="stage masks", value=True)
+        self.out_points = CheckBox(label="Gaussian centres", value=True)
+        super().__init__(viewer, [self.image, self.weights, self.stages, self.patch_size, self.custom_control,
+                                  self.log_mse, self.ssim_threshold, self.refine_steps, self.device,
+                                  self.out_stages, self.out_error, self.out_masks, self.out_points])
+        self.custom_control.changed.connect(self._toggle_control)
+
+    def _toggle_control(self, value: bool) -> None:
+        self.log_mse.enabled = bool(value)
+        self.ssim_threshold.enabled = bool(value)
+
+    def _model(self, device: str) -> Any:
+        """The predictor for this run (worker thread): the chosen weights, DEFAULT_MODEL or the shipped ones."""
+        import torch
+        from air_core.predictor import load_predictor
+        from air_core.predictor.model import PRETRAINED_PATH
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was chosen but CUDA is not available here; choose 'auto' or 'cpu'")
+        path = str(self.weights.value or "").strip()
+        if path in ("", "."):
+            path = ""
+        if path:
+            return load_predictor(path, device)
+        if DEFAULT_MODEL is not None:
+            model = DEFAULT_MODEL
+            want = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available())
+                                else "cpu")
+            current = next(model.parameters()).device
+            return model if current.type == want.type else copy.deepcopy(model).to(want)
+        if not PRETRAINED_PATH.is_file():
+            raise FileNotFoundError(
+                f"the AIR predictor weights are not installed ({PRETRAINED_PATH.name} is missing from "
+                f"{PRETRAINED_PATH.parent}); choose a weights file (.safetensors) in 'weights'")
+        return load_predictor(None, device)
+
+    def _prepare(self):
+        import air_core
+
+        layer = self.image.value
+        if layer is None:
+            raise ValueError("no image layer: open an image first (e.g. File > Open Sample > AIR Gaussian splats)")
+        plane = layer_plane(layer, self._viewer)
+        if plane.data.ndim == 3 and plane.data.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"layer {plane.name!r} has {plane.data.shape[-1]} channels; expected gray or RGB")
+        _check_plane_size(plane, 2)
+        image, note = core_image(plane)
+        stages, refine, device = int(self.stages.value), int(self.refine_steps.value), str(self.device.value)
+        control = (10 ** float(self.log_mse.value), float(self.ssim_threshold.value)) \
+            if self.custom_control.value else None
+        want = {"stages": self.out_stages.value, "error": self.out_error.value, "masks": self.out_masks.value,
+                "points": self.out_points.value}
+        notes = [note] if note else []
+
+        def work(progress):
+            model = self._model(device)
+            n = stages
+            if n > model.num_stages:
+                notes.append(f"stages reduced to the model's {model.num_stages}")
+                n = model.num_stages
+            if control is not None:
+                # a shallow copy: the thresholds are plain attributes, the (shared, cached) weights are not copied
+                model = copy.copy(model)
+                model.mse_threshold, model.ssim_threshold = control
+            result = air_core.reconstruct(image, stages=n, refine_steps=refine, device="auto", progress=progress,
+                                          model=model)
+            out = {"result": result, "render": image_from_render(result.render, result.gray),
+                   "thresholds": (model.mse_threshold, model.ssim_threshold)}
+            if want["stages"]:
+                out["stages"] = np.stack([image_from_render(r, result.gray) for r in result.renders])
+            if want["error"]:
+                out["error"] = air_core.error_map(result.render, image).numpy()
+            if want["masks"]:
+                out["masks"] = stage_labels(result.keep)
+            if want["points"]:
+                out["points"] = centres_points(result.gaussians)
+            return out
+
+        def done(out):
+            self._show(plane, out, notes)
+
+        return work, done
+
+    def _show(self, plane: Plane, out: dict, notes: list[str]) -> None:
+        result = out["result"]
+        geo, src = plane.geometry, plane.name
+        gray = result.gray
+        metrics = {k: v for k, v in result.metrics.items() if k in ("psnr", "ssim", "ms_ssim", "mse", "stage_psnr")}
+        meta = {META_GAUSSIANS: result.gaussians, META_KEEP: result.keep.numpy().astype(bool),
+                META_PATCH_SIZE: int(result.patch_size), META_SOURCE: src, META_METRICS: metrics}
+        if plane.index:
+            meta["air_plane_index"] = plane.index
+        upsert_layer(self._viewer, out["render"], {"name": f"{src} [AIR]", "rgb": not gray, "metadata": meta,
+                                                   "contrast_limits": (0.0, 1.0), **geo.kwargs()}, "image")
+        if "stages" in out:
+            upsert_layer(self._viewer, out["stages"],
+                         {"name": f"{src} [AIR stages]", "rgb": not gray, "contrast_limits": (0.0, 1.0),
+                          "metadata": {META_SOURCE: src}, "visible": False,
+                          **geo.kwargs(1, ("stage",))}, "image")
+        if "error" in out:
+            err = out["error"]
+            upsert_layer(self._viewer, err, {"name": f"{src} [AIR error]", "colormap": "magma",
+                                             "contrast_limits": (0.0, max(float(err.max()), 1e-6)),
+                                             "metadata": {META_SOURCE: src}, "visible": False, **geo.kwargs()},
+                         "image")
+        if "masks" in out:
+            upsert_layer(self._viewer, out["masks"],
+                         {"name": f"{src} [AIR stage masks]", "metadata": {META_SOURCE: src}, "opacity": 0.4,
+                          "visible": False, **geo.patches(result.patch_size).kwargs(1, ("stage",))}, "labels")
+        if "points" in out:
+            data, props = out["points"]
+            upsert_layer(self._viewer, data, {"name": f"{src} [AIR centres]", "metadata": {META_SOURCE: src},
+                                              "visible": False, **props, **geo.kwargs()}, "points")
+        mse_t, ssim_t = out["thresholds"]
+        extra = [f"{result.num_gaussians} Gaussians, per stage {result.counts}; patch size {result.patch_size}",
+                 f"stage control: MSE > {mse_t:.3g} or SSIM term > {ssim_t:.3g}",
+                 f"time {result.timings['total']:.2f} s"]
+        if result.refine_steps:
+            extra.append("refined" if result.refined else "refinement discarded (below the feed-forward PSNR)")
+        extra += notes
+        self.patch_size.value = f"{result.patch_size} (from the model)"
+        self.results.value = _metrics_text(result.metrics, "\n".join(extra))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Render at scale
+# ---------------------------------------------------------------------------------------------------------
+
+
+class RenderWidget(_JobWidget):
+    """Render a layer's Gaussians at any scale: exact (``air_core.render``) or the gradient-aware preview
+    (``air_core.render_upscaled``, Hermite upscaling of a render at 1 / preview factor)."""
+
+    title = "Render at scale"
+    METHODS = ("exact", "gradient-aware preview (Hermite)")
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.source = ComboBox(label="Gaussians", choices=_layer_choices(viewer, ("Image",), _has_gaussians),
+                               tooltip="a layer carrying Gaussians (a reconstruction, a fit, an .npz / .air file)")
+        self.scale = FloatSpinBox(label="scale", value=2.0, min=0.5, max=8.0, step=0.5)
+        self.method = ComboBox(label="method", choices=self.METHODS, value=self.METHODS[0])
+        self.preview_factor = SpinBox(label="preview factor", value=2, min=2, max=8,
+                                      tooltip="preview: render at 1 / factor of the output size, then upscale")
+        super().__init__(viewer, [self.source, self.scale, self.method, self.preview_factor])
+
+    def _prepare(self):
+        import air_core
+
+        layer = self.source.value
+        if layer is None:
+            raise ValueError("no layer with Gaussians: run 'Reconstruct with AIR' or 'Fit Gaussians', or open an "
+                             ".npz / .air file")
+        meta = dict(layer.metadata)
+        gaussians = meta[META_GAUSSIANS]
+        k = float(self.scale.value)
+        if not 0.5 <= k <= 8:
+            raise ValueError(f"scale must be in 0.5 .. 8, got {k}")
+        preview = self.method.value != self.METHODS[0]
+        factor = int(self.preview_factor.value)
+        h, w = gaussians.image_size
+        size = (max(1, round(h * k)), max(1, round(w * k)))
+        geometry = Geometry(tuple(float(s) for s in layer.scale[-2:]), tuple(float(t) for t in layer.translate[-2:]),
+                            tuple(layer.units[-2:]), tuple(str(a) for a in layer.axis_labels[-2:]))
+        # the layer shows the Gaussians' own image at its scale; a render at k has scale / k
+        geometry = geometry.zoomed(k)
+        gray = is_gray(gaussians)
+        src = str(layer.name)
+
+        def work(progress):
+            progress(0.0, f"rendering {size[1]} x {size[0]}")
+            if preview:
+                img = air_core.render_upscaled(gaussians, scale=factor, size=size, method="hermite")
+            else:
+                img = air_core.render(gaussians, size=size, scale=None)
+            progress(1.0, "rendered")
+            return image_from_render(img.detach(), gray)
+
+        def done(image):
+            out_meta = {key: meta[key] for key in (META_GAUSSIANS, META_KEEP, META_PATCH_SIZE) if key in meta}
+            out_meta.update({META_SOURCE: src, "air_render_scale": k,
+                             "air_render_method": "hermite" if preview else "exact"})
+            upsert_layer(self._viewer, image, {"name": f"{src} [render]", "rgb": not gray, "metadata": out_meta,
+                                               "contrast_limits": (0.0, 1.0), **geometry.kwargs()}, "image")
+            how = f"Hermite preview from 1/{factor}" if preview else "exact"
+            self.results.value = f"{image.shape[1]} x {image.shape[0]} pixels (x{k:g}, {how})"
+
+        return work, done
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Upsample with JBU
+# ---------------------------------------------------------------------------------------------------------
+
+
+class JBUWidget(_JobWidget):
+    """Upsample a low-resolution layer to a guidance image's resolution (``air_core.jbu_upsample``)."""
+
+    title = "Upsample with JBU"
+    MAP_TYPES = ("auto", "features", "probabilities", "labels")
+    METHODS = ("classical", "bilinear", "bicubic", "nearest")
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.low = ComboBox(label="low-res layer", choices=_layer_choices(viewer, ("Image", "Labels")),
+                            tooltip="image with channels ([C, h, w] or RGB), probability map or labels")
+        self.guidance = ComboBox(label="guidance", choices=_layer_choices(viewer, ("Image", "Labels")),
+                                 tooltip="the high-resolution image (gray or RGB) that guides the upsampling")
+        self.map_type = ComboBox(label="map type", choices=self.MAP_TYPES, value="auto",
+                                 tooltip="auto: labels for a Labels layer, features otherwise")
+        self.method = ComboBox(label="method", choices=self.METHODS, value="classical")
+        self.sigma_spatial = FloatSpinBox(label="sigma spatial", value=1.0, min=0.1, max=10.0, step=0.1)
+        self.sigma_range = FloatSpinBox(label="sigma range", value=0.1, min=0.005, max=2.0, step=0.005)
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        super().__init__(viewer, [self.low, self.guidance, self.map_type, self.method, self.sigma_spatial,
+                                  self.sigma_range, self.device])
+
+    def _prepare(self):
+        import air_core
+        from napari.layers import Labels
+
+        low, guide = self.low.value, self.guidance.value
+        if low is None or guide is None:
+            raise ValueError("choose a low-resolution layer and a guidance image layer")
+        if isinstance(guide, Labels):
+            raise ValueError(f"the guidance must be an image layer, got the labels layer {guide.name!r}")
+        map_type = self.map_type.value
+        if map_type == "auto":
+            map_type = "labels" if isinstance(low, Labels) else "features"
+        if map_type == "labels" and not isinstance(low, Labels) and np.asarray(low.data[:0]).dtype.kind not in "iub":
+            raise ValueError(f"map type 'labels' needs a Labels layer or an integer image, {low.name!r} is "
+                             f"{np.asarray(low.data[:0]).dtype}")
+        gplane = layer_plane(guide, self._viewer)
+        _check_plane_size(gplane, 1)
+        guidance, _note = core_image(gplane)
+        rgb = bool(getattr(low, "rgb", False))
+        data = low.data[0] if getattr(low, "multiscale", False) else low.data
+        lead_scale: tuple[float, ...] = ()
+        if map_type == "labels":
+            plane = layer_plane(low, self._viewer)
+            features = np.asarray(plane.data)
+            if features.dtype == bool:
+                features = features.astype(np.uint8)
+        elif rgb:
+            plane = layer_plane(low, self._viewer)
+            features = np.ascontiguousarray(np.moveaxis(plane.data, -1, 0))
+        elif np.ndim(data) <= 2:
+            plane = layer_plane(low, self._viewer)
+            features = plane.data[None]
+        else:  # [..., C, h, w]: the channel axis is the third from the end; other leading axes are sliced
+            features, plane = self._channel_stack(low, data)
+            lead_scale = (float(low.scale[-3]),)
+        if 0 in features.shape:
+            raise ValueError(f"layer {low.name!r} is empty")
+        in_dtype = features.dtype
+        if map_type != "labels":
+            features = features.astype(np.float32)
+        method, ss, sr, device = (self.method.value, float(self.sigma_spatial.value), float(self.sigma_range.value),
+                                  str(self.device.value))
+        src = str(low.name)
+
+        def work(progress):
+            progress(0.0, f"upsampling {src!r}")
+            out = air_core.jbu_upsample(features, guidance, method=method, map_type=map_type,
+                                        sigma_spatial=ss, sigma_range=sr, device=device)
+            progress(1.0, "upsampled")
+            return np.asarray(out)
+
+        def done(out):
+            geo = gplane.geometry
+            name = f"{src} [JBU]"
+            meta = {META_SOURCE: src, "air_jbu": {"method": method, "map_type": map_type, "guidance": gplane.name}}
+            if map_type == "labels":
+                upsert_layer(self._viewer, out, {"name": name, "metadata": meta, **geo.kwargs()}, "labels")
+            else:
+                arr = out
+                if in_dtype.kind in "iu":
+                    info = np.iinfo(in_dtype)
+                    arr = np.clip(np.rint(arr), info.min, info.max).astype(in_dtype)
+                if rgb:
+                    kwargs = {"rgb": True, **geo.kwargs()}
+                    arr = np.moveaxis(arr, 0, -1)
+                elif arr.shape[0] == 1 and not lead_scale:
+                    kwargs = {"rgb": False, **geo.kwargs()}
+                    arr = arr[0]
+                else:
+                    kwargs = {"rgb": False, **geo.kwargs(1, ("channel",))}
+                    kwargs["scale"] = (lead_scale or (1.0,)) + tuple(kwargs["scale"][1:])
+                upsert_layer(self._viewer, arr, {"name": name, "metadata": meta, **kwargs}, "image")
+            shape = out.shape[-2:]
+            self.results.value = f"{src!r} {tuple(features.shape[-2:])} -> {tuple(shape)} ({map_type}, {method})"
+
+        return work, done
+
+    def _channel_stack(self, layer: Any, data: Any) -> tuple[np.ndarray, Plane]:
+        lead = np.ndim(data) - 3
+        index: tuple[int, ...] = ()
+        if lead:
+            pos = layer.world_to_data(self._viewer.dims.point)
+            index = tuple(int(np.clip(round(float(p)), 0, n - 1)) for p, n in zip(pos[:lead], np.shape(data)[:lead]))
+        stack = np.array(data[index] if index else data)
+        plane = layer_plane(layer, self._viewer)
+        return stack, plane
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fit Gaussians
+# ---------------------------------------------------------------------------------------------------------
+
+
+class FitWidget(_JobWidget):
+    """Per-image optimisation of a Gaussian budget (``air_core.fit``)."""
+
+    title = "Fit Gaussians"
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.image = ComboBox(label="image", choices=_layer_choices(viewer, ("Image",)),
+                              tooltip="2D gray or RGB image layer (nD layers: the plane shown)")
+        self.num_gaussians = SpinBox(label="Gaussian budget", value=2000, min=1, max=1_000_000, step=100)
+        self.steps = SpinBox(label="steps", value=1000, min=0, max=200_000, step=100)
+        self.mode = ComboBox(label="mode", choices=("sum", "alpha"), value="sum")
+        self.loss = ComboBox(label="loss", choices=("l2", "l1", "l1+ssim"), value="l2")
+        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        super().__init__(viewer, [self.image, self.num_gaussians, self.steps, self.mode, self.loss, self.seed,
+                                  self.device])
+
+    def _prepare(self):
+        import air_core
+
+        layer = self.image.value
+        if layer is None:
+            raise ValueError("no image layer: open an image first")
+        plane = layer_plane(layer, self._viewer)
+        _check_plane_size(plane, 2)
+        image, note = core_image(plane)
+        n, steps = int(self.num_gaussians.value), int(self.steps.value)
+        mode, loss, seed, device = self.mode.value, self.loss.value, int(self.seed.value), str(self.device.value)
+
+        def work(progress):
+            result = air_core.fit(image, n, steps, mode=mode, loss=loss, seed=seed, device=device,
+                                  log_every=max(1, steps // 100), progress=progress)
+            if result.stopped == "cancelled":
+                return _Failed(_Cancelled())
+            gray = image.ndim == 2 or image.shape[-1] == 1
+            g = result.gaussians.detach().to("cpu")
+            return {"result": result, "gaussians": g, "render": image_from_render(result.render, gray),
+                    "gray": gray}
+
+        def done(out):
+            result, src = out["result"], plane.name
+            meta = {META_GAUSSIANS: out["gaussians"], META_SOURCE: src, META_METRICS: dict(result.metrics)}
+            upsert_layer(self._viewer, out["render"], {"name": f"{src} [fit]", "rgb": not out["gray"],
+                                                       "metadata": meta, "contrast_limits": (0.0, 1.0),
+                                                       **plane.geometry.kwargs()}, "image")
+            extra = f"{len(out['gaussians'])} Gaussians, {result.steps} steps, {result.time_s:.2f} s"
+            self.results.value = _metrics_text(result.metrics, extra + (f"\n{note}" if note else ""))
+
+        return work, done
+
+
+class _Cancelled(Exception):
+    pass

@@ -1,0 +1,364 @@
+"""napari plugin tests: a real viewer (napari's ``make_napari_viewer`` fixture) under Xvfb.
+
+Run with ``xvfb-run -a -s "-screen 0 1280x1024x24" python -m pytest tests/test_napari_plugin.py``.
+Every job runs on small crops of a real photo (scikit-image's astronaut) with a tiny untrained
+predictor (``napari_air._widgets.DEFAULT_MODEL``), so the file needs no shipped weights.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    pytest.skip("napari tests need a display (run under xvfb-run)", allow_module_level=True)
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+import air_core  # noqa: E402
+
+pytestmark = pytest.mark.napari
+
+PLUGIN = "napari-air"
+WAIT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return air_core.sample_image("astronaut")[:64, 200:264].copy()  # [64, 64, 3] uint8: face and helmet
+
+
+@pytest.fixture
+def tiny_model(monkeypatch):
+    import torch
+    from air_core.predictor.model import AIRPredictor
+
+    import napari_air._widgets as widgets
+
+    torch.manual_seed(0)
+    model = AIRPredictor(width=8).eval()
+    monkeypatch.setattr(widgets, "DEFAULT_MODEL", model)
+    return model
+
+
+def _open(viewer, name):
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    widget.reset_choices()
+    return widget
+
+
+def _run(qtbot, widget):
+    worker = widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    return worker
+
+
+def _errors():
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    return [n.message for n in notification_manager.records if n.severity == NotificationSeverity.ERROR]
+
+
+def _gaussians_file(tmp_path, image):
+    """A small fitted Gaussian image saved as .npz (the reader's and Render widget's input)."""
+    fitted = air_core.fit(image, 120, 40, seed=0, device="cpu")
+    path = tmp_path / "fitted.npz"
+    air_core.save_gaussians(fitted.gaussians.to("cpu"), path)
+    return path, fitted
+
+
+# -- manifest and menus ------------------------------------------------------------------------------------
+
+
+def test_manifest_validates_and_menus_exist(make_napari_viewer):
+    npe2 = Path(sys.executable).with_name("npe2")
+    cmd = [str(npe2)] if npe2.exists() else [sys.executable, "-m", "npe2"]
+    res = subprocess.run([*cmd, "validate", PLUGIN, "--imports"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    from importlib.resources import files
+
+    assert (files("napari_air") / "napari.yaml").is_file()  # the manifest is inside the package
+
+    make_napari_viewer()
+    from app_model.types import MenuItem
+    from napari._app_model import get_app_model
+
+    app = get_app_model()
+
+    def commands(menu_id):
+        return {item.command.id for item in app.menus.get_menu(menu_id) if isinstance(item, MenuItem)}
+
+    assert {"napari-air.reconstruct_widget", "napari-air.fit_widget"} <= commands("napari/layers/filter")
+    assert {"napari-air.render_widget", "napari-air.jbu_widget"} <= commands("napari/layers/transform")
+    widget_ids = {"napari-air.reconstruct_widget", "napari-air.render_widget", "napari-air.jbu_widget",
+                  "napari-air.fit_widget"}
+    plugins = set()
+    for menu_id, menu in app.menus:
+        if str(menu_id).startswith("napari/plugins"):
+            plugins |= {item.command.id for item in menu if isinstance(item, MenuItem)}
+    assert widget_ids <= plugins
+
+
+# -- Reconstruct with AIR ------------------------------------------------------------------------------------
+
+
+def test_reconstruct_widget_outputs_bound_to_input_and_rerun_updates(make_napari_viewer, qtbot, tiny_model, photo,
+                                                                       tmp_path):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(photo, name="crop", scale=(0.5, 0.25), translate=(10.0, 20.0), units=("um", "um"),
+                             axis_labels=("y", "x"))
+    other = viewer.add_image(photo[:, :, 0], name="other")
+    before = photo.copy()
+    w = _open(viewer, "Reconstruct with AIR")
+    w.image.value = layer
+    w.stages.value = 4
+    worker = w.run()
+    viewer.layers.selection.active = other  # the result must still go to "crop"
+    w.image.value = other
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    assert worker is not None and w.last_error is None, w.last_error
+
+    rec = viewer.layers["crop [AIR]"]
+    assert rec.data.shape == (64, 64, 3) and rec.rgb
+    np.testing.assert_allclose(rec.scale, (0.5, 0.25))
+    np.testing.assert_allclose(rec.translate, (10.0, 20.0))
+    assert tuple(str(u) for u in rec.units) == tuple(str(u) for u in layer.units)
+    assert tuple(rec.axis_labels) == ("y", "x")
+    g = rec.metadata["air_gaussians"]
+    keep = rec.metadata["air_keep"]
+    assert keep.shape == (4, 10, 10) and int(keep.sum()) == len(g) and rec.metadata["air_patch_size"] == 7
+    psnr = rec.metadata["air_metrics"]["psnr"]
+    assert np.isfinite(psnr) and psnr == pytest.approx(air_core.psnr(rec.data,
+                                                                      photo), abs=0.05)
+    assert f"PSNR {psnr:.2f} dB" in w.results.value and "SSIM" in w.results.value
+
+    stages = viewer.layers["crop [AIR stages]"]
+    assert stages.data.shape == (4, 64, 64, 3)
+    np.testing.assert_allclose(stages.scale, (1.0, 0.5, 0.25))
+    err = viewer.layers["crop [AIR error]"]
+    assert err.data.shape == (64, 64) and err.data.min() >= 0
+    masks = viewer.layers["crop [AIR stage masks]"]
+    assert masks.data.shape == (4, 10, 10)
+    assert set(np.unique(masks.data)) <= {0, 1, 2, 3, 4}
+    np.testing.assert_allclose(masks.scale, (1.0, 3.5, 1.75))  # patch size 7 x the pixel scale
+    np.testing.assert_allclose(masks.translate, (0.0, 10.0 + 0.5 * 3, 20.0 + 0.25 * 3))
+    pts = viewer.layers["crop [AIR centres]"]
+    assert len(pts.data) == len(g)
+    assert pts.face_color.shape == (len(g), 4) and (pts.face_color >= 0).all() and (pts.face_color <= 1).all()
+    expected = g.means.numpy()[:, ::-1] - 0.5
+    np.testing.assert_allclose(pts.data, expected, atol=1e-5)
+
+    # the input layer is untouched; only the five outputs were added
+    np.testing.assert_array_equal(layer.data, before)
+    names = [lay.name for lay in viewer.layers]
+    assert len(names) == 7
+
+    # the .air writer keeps the patch layout; reading it back restores the masks
+    out = tmp_path / "rec.air"
+    rec.save(str(out), plugin=PLUGIN)
+    back = viewer.open(str(out), plugin=PLUGIN)[0]
+    np.testing.assert_array_equal(back.metadata["air_keep"], keep)
+    assert len(back.metadata["air_gaussians"]) == len(g)
+    assert air_core.psnr(back.data, rec.data) > 30
+    viewer.layers.remove(back)
+
+    # re-run (fewer stages, no extras): the same layers are updated, nothing piles up
+    w.image.value = layer
+    w.stages.value = 1
+    w.out_stages.value = w.out_error.value = w.out_masks.value = w.out_points.value = False
+    _run(qtbot, w)
+    assert w.last_error is None, w.last_error
+    assert [lay.name for lay in viewer.layers] == names
+    assert viewer.layers["crop [AIR]"].metadata["air_keep"].shape == (1, 10, 10)
+
+
+def test_reconstruct_cancel_leaves_viewer_unchanged(make_napari_viewer, qtbot, tiny_model, photo):
+    viewer = make_napari_viewer()
+    viewer.add_image(photo[:32, :32], name="small")
+    w = _open(viewer, "Reconstruct with AIR")
+    w.refine_steps.value = 5000  # long enough to be cancelled
+    names = [lay.name for lay in viewer.layers]
+    w.run()
+    qtbot.waitUntil(lambda: w.status.value.startswith("stage"), timeout=WAIT_MS)
+    w.cancel()
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    qtbot.wait(200)
+    assert [lay.name for lay in viewer.layers] == names
+    assert w.last_error is None and w.status.value == "cancelled"
+    assert w.run_button.enabled and not w.cancel_button.enabled
+
+
+def test_bad_input_gives_notifications(make_napari_viewer, qtbot, tiny_model, photo, monkeypatch):
+    viewer = make_napari_viewer()
+    w = _open(viewer, "Reconstruct with AIR")
+    n_errors = len(_errors())
+    assert w.run() is None and "no image layer" in w.last_error  # nothing to reconstruct
+
+    viewer.add_image(np.zeros((1, 40), np.float32), name="strip")  # napari cannot hold a 0 x 0 image layer
+    w.reset_choices()
+    w.image.value = viewer.layers["strip"]
+    assert w.run() is None and "at least 2 x 2" in w.last_error
+
+    viewer.add_image(np.full((2, 2, 3), 128, np.uint8), name="dot", rgb=True)
+    w.reset_choices()
+    w.image.value = viewer.layers["dot"]
+    _run(qtbot, w)  # refused inside air_core (the worker): still a notification
+    assert w.last_error and "2 x 2" in w.last_error
+
+    # missing shipped weights -> a clear notification
+    import napari_air._widgets as widgets
+    from air_core.predictor import model as model_module
+
+    viewer.add_image(photo[:16, :16], name="tile", rgb=True)
+    w.reset_choices()
+    w.image.value = viewer.layers["tile"]
+    monkeypatch.setattr(widgets, "DEFAULT_MODEL", None)
+    monkeypatch.setattr(model_module, "PRETRAINED_PATH", Path("/nonexistent/air_ps7_s4.safetensors"))
+    _run(qtbot, w)
+    assert w.last_error and "weights are not installed" in w.last_error
+
+    # labels as the JBU guidance
+    j = _open(viewer, "Upsample with JBU")
+    viewer.add_labels(np.zeros((16, 16), np.uint8), name="labels")
+    j.reset_choices()
+    j.low.value = viewer.layers["tile"]
+    j.guidance.value = viewer.layers["labels"]
+    assert j.run() is None and "labels layer" in j.last_error
+
+    assert len(_errors()) == n_errors + 5
+    assert [lay.name for lay in viewer.layers] == ["strip", "dot", "tile", "labels"]
+
+
+# -- Render at scale, reader / writer ------------------------------------------------------------------------------
+
+
+def test_reader_render_at_scale_and_writer_roundtrip(make_napari_viewer, qtbot, photo, tmp_path):
+    crop = photo[:32, :48]
+    path, fitted = _gaussians_file(tmp_path, crop)
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(path), plugin=PLUGIN)[0]
+    assert layer.name == "fitted" and layer.data.shape == (32, 48, 3)
+    g = layer.metadata["air_gaussians"]
+    assert len(g) == len(fitted.gaussians)
+    layer.scale = (2.0, 2.0)
+    layer.translate = (5.0, -3.0)
+
+    r = _open(viewer, "Render at scale")
+    r.source.value = layer
+    r.scale.value = 2.5
+    _run(qtbot, r)
+    assert r.last_error is None, r.last_error
+    out = viewer.layers["fitted [render]"]
+    assert out.data.shape == (80, 120, 3)
+    np.testing.assert_allclose(out.scale, (0.8, 0.8))
+    np.testing.assert_allclose(out.translate, (5.0 + 2.0 * (0.2 - 0.5), -3.0 + 2.0 * (0.2 - 0.5)))
+    exact = out.data.copy()
+
+    r.method.value = r.METHODS[1]  # gradient-aware preview, same layer updated
+    r.scale.value = 2.0
+    _run(qtbot, r)
+    assert r.last_error is None, r.last_error
+    assert viewer.layers["fitted [render]"] is out, [lay.name for lay in viewer.layers]
+    assert out.data.shape == (64, 96, 3) and len(viewer.layers) == 2
+    assert out.metadata["air_render_method"] == "hermite"
+    assert np.isfinite(out.data).all() and exact.shape == (80, 120, 3)
+
+    # writer round trips: .npz exact, .air (free layout) close
+    npz = tmp_path / "saved.npz"
+    layer.save(str(npz), plugin=PLUGIN)
+    back = air_core.load_gaussians(npz)
+    np.testing.assert_allclose(back.means.numpy(), g.means.numpy())
+    np.testing.assert_allclose(back.colours.numpy(), g.colours.numpy())
+    again = viewer.open(str(npz), plugin=PLUGIN)[0]
+    np.testing.assert_allclose(again.data, layer.data, atol=1e-6)
+    air = tmp_path / "saved.air"
+    layer.save(str(air), plugin=PLUGIN)
+    decoded = viewer.open(str(air), plugin=PLUGIN)[0]
+    assert decoded.data.shape == layer.data.shape and "air_keep" not in decoded.metadata
+    assert air_core.psnr(decoded.data, layer.data) > 25
+
+    # a plain image cannot be saved as Gaussians: no file, no crash
+    plain = viewer.add_image(crop, name="plain")
+    with pytest.raises(TypeError, match="carries no AIR Gaussians"):
+        plain.save(str(tmp_path / "plain.npz"), plugin=PLUGIN)
+    assert not (tmp_path / "plain.npz").exists()
+
+
+# -- Upsample with JBU ---------------------------------------------------------------------------------------------
+
+
+def test_jbu_widget_labels_and_features(make_napari_viewer, qtbot, photo):
+    viewer = make_napari_viewer()
+    guide = viewer.add_image(photo, name="guide", scale=(0.5, 0.5), translate=(1.0, 2.0))
+    gray = photo.mean(-1)
+    labels_lo = (gray[::4, ::4] > gray.mean()).astype(np.int32) + 1  # [16, 16], labels 1 / 2
+    viewer.add_labels(labels_lo, name="seg", scale=(2.0, 2.0))
+    viewer.add_image(photo[::4, ::4], name="lowrgb", rgb=True)
+    viewer.add_image(np.stack([gray[::4, ::4] / 255.0, 1 - gray[::4, ::4] / 255.0]).astype(np.float32),
+                     name="feats")
+    j = _open(viewer, "Upsample with JBU")
+    j.guidance.value = guide
+
+    j.low.value = viewer.layers["seg"]
+    _run(qtbot, j)
+    assert j.last_error is None, j.last_error
+    up = viewer.layers["seg [JBU]"]
+    from napari.layers import Image, Labels
+
+    assert isinstance(up, Labels) and up.data.shape == (64, 64)
+    assert set(np.unique(up.data)) <= {1, 2}
+    np.testing.assert_allclose(up.scale, (0.5, 0.5))
+    np.testing.assert_allclose(up.translate, (1.0, 2.0))
+
+    j.low.value = viewer.layers["lowrgb"]
+    _run(qtbot, j)
+    assert j.last_error is None, j.last_error
+    rgb = viewer.layers["lowrgb [JBU]"]
+    assert isinstance(rgb, Image) and rgb.rgb and rgb.data.shape == (64, 64, 3) and rgb.data.dtype == np.uint8
+
+    j.low.value = viewer.layers["feats"]
+    j.map_type.value = "probabilities"
+    _run(qtbot, j)
+    assert j.last_error is None, j.last_error
+    probs = viewer.layers["feats [JBU]"]
+    assert probs.data.shape == (2, 64, 64)
+    np.testing.assert_allclose(probs.data.sum(0), 1.0, atol=1e-4)
+
+
+# -- Fit ----------------------------------------------------------------------------------------------------------
+
+
+def test_fit_widget(make_napari_viewer, qtbot, photo):
+    viewer = make_napari_viewer()
+    viewer.add_image(photo[:32, :32, 0], name="gray", scale=(3.0, 3.0))
+    f = _open(viewer, "Fit Gaussians")
+    f.num_gaussians.value = 80
+    f.steps.value = 40
+    f.device.value = "cpu"
+    _run(qtbot, f)
+    assert f.last_error is None, f.last_error
+    fit_layer = viewer.layers["gray [fit]"]
+    assert fit_layer.data.shape == (32, 32) and not fit_layer.rgb
+    np.testing.assert_allclose(fit_layer.scale, (3.0, 3.0))
+    psnr = fit_layer.metadata["air_metrics"]["psnr"]
+    assert psnr > 12 and f"PSNR {psnr:.2f} dB" in f.results.value
+    assert len(fit_layer.metadata["air_gaussians"]) == 80
+
+
+def test_empty_plane_is_refused():
+    """napari cannot even hold a 0 x 0 image layer; the plugin's own check still refuses one."""
+    from types import SimpleNamespace
+
+    from napari_air._layers import layer_plane
+
+    fake = SimpleNamespace(data=np.zeros((0, 0), np.float32), name="empty", rgb=False, multiscale=False,
+                           scale=(1.0, 1.0), translate=(0.0, 0.0), units=("pixel", "pixel"), axis_labels=("y", "x"),
+                           contrast_limits=(0.0, 1.0))
+    with pytest.raises(ValueError, match="empty"):
+        layer_plane(fake)
