@@ -89,9 +89,10 @@ def _layer_gaussians(meta: dict) -> tuple[Any, Any, Any]:
     layer_meta = meta.get("metadata") or {}
     gaussians = layer_meta.get(META_GAUSSIANS)
     if gaussians is None:
-        raise NotAGaussianLayerError(f"layer {meta.get('name', '')!r} carries no AIR Gaussians (metadata[{META_GAUSSIANS!r}]); "
-                         "save a layer made by 'Reconstruct with AIR', 'Fit Gaussians', 'Render at scale' or "
-                         "read from an .npz / .air file")
+        raise NotAGaussianLayerError(f"layer {meta.get('name', '')!r} carries no AIR Gaussians "
+                                     f"(metadata[{META_GAUSSIANS!r}]); "
+                                     "save a layer made by 'Reconstruct with AIR', 'Fit Gaussians', "
+                                     "'Render at scale' or read from an .npz / .air file")
     return gaussians, layer_meta.get(META_KEEP), layer_meta.get(META_PATCH_SIZE)
 
 

@@ -45,6 +45,12 @@ class Geometry:
         translate = tuple(t + s * (0.5 / k - 0.5) for t, s in zip(self.translate, self.scale))
         return Geometry(scale, translate, self.units, self.axis_labels)  # type: ignore[arg-type]
 
+    def unzoomed(self, k: float) -> "Geometry":
+        """The inverse of :meth:`zoomed`: the plane's geometry from that of its render at k."""
+        scale = tuple(s * k for s in self.scale)
+        translate = tuple(t - s * (0.5 / k - 0.5) for t, s in zip(self.translate, scale))
+        return Geometry(scale, translate, self.units, self.axis_labels)  # type: ignore[arg-type]
+
     def patches(self, patch_size: int) -> "Geometry":
         """The geometry of a patch grid (patch p covers pixels p ps .. p ps + ps - 1 of this plane)."""
         scale = tuple(s * patch_size for s in self.scale)
@@ -154,9 +160,11 @@ def centres_points(gaussians: Any) -> tuple[np.ndarray, dict]:
     2 sqrt(s1 s2); face colour: the colour clipped to [0, 1] (sum-mode colours may be signed).
     """
     g = gaussians.detach().to("cpu")
+    if len(g) == 0:  # napari cannot take per-point arrays of length 0
+        return np.zeros((0, 2), np.float32), {"size": 1.0, "border_width": 0}
     means = g.means.numpy().astype(np.float32)
-    data = np.stack([means[:, 1] - 0.5, means[:, 0] - 0.5], 1) if len(means) else np.zeros((0, 2), np.float32)
-    size = 2 * np.sqrt(np.prod(g.scales.numpy().astype(np.float64), 1)) if len(g) else np.zeros(0)
+    data = np.stack([means[:, 1] - 0.5, means[:, 0] - 0.5], 1)
+    size = 2 * np.sqrt(np.prod(g.scales.numpy().astype(np.float64), 1))
     colours = np.clip(g.colours.numpy().astype(np.float32), 0, 1)
     if colours.shape[1] == 1:
         colours = np.repeat(colours, 3, 1)
@@ -186,8 +194,8 @@ def upsert_layer(viewer: Any, data: Any, kwargs: dict, layer_type: str) -> Any:
         viewer.add_layer(new)
         return new
     # (old.__class__, not type(old): the viewer napari hands a plugin widget wraps layers in a proxy)
-    same = (old.__class__ is new.__class__ and old.ndim == new.ndim and getattr(old, "rgb", None) == getattr(new, "rgb", None)
-            and layer_type != "points")
+    same = (old.__class__ is new.__class__ and old.ndim == new.ndim
+            and getattr(old, "rgb", None) == getattr(new, "rgb", None) and layer_type != "points")
     if same:
         old.data = data
         old.scale = new.scale

@@ -162,18 +162,20 @@ class _JobWidget(Container):
             return None
         cancel = self._cancel = threading.Event()
         worker = create_worker(_progress_steps, work, cancel, _start_thread=False)
-        self._pbar = progress(total=100, desc=self.title)
+        pbar = self._pbar = progress(total=100, desc=self.title)
+        state = {"open": True}
         started = time.perf_counter()
 
         def on_yield(report: Any) -> None:
-            if report is None or self._pbar is None or cancel.is_set():
+            if report is None or not state["open"] or cancel.is_set():
                 return
             fraction, message = report
             target = int(round(100 * min(1.0, max(0.0, fraction))))
-            if target > self._pbar.n:
-                self._pbar.update(target - self._pbar.n)
-            self._pbar.set_description(f"{self.title}: {message}")
             self.status.value = _short(message)
+            if target > pbar.n:
+                pbar.update(target - pbar.n)
+            if state["open"]:
+                pbar.set_description(f"{self.title}: {message}")
 
         def on_return(result: Any) -> None:
             if cancel.is_set():
@@ -195,9 +197,10 @@ class _JobWidget(Container):
             self.status.value = f"done in {time.perf_counter() - started:.2f} s"
 
         def on_finish() -> None:
-            if self._pbar is not None:
-                self._pbar.close()
-                self._pbar = None
+            if state["open"]:
+                state["open"] = False
+                pbar.close()
+            self._pbar = None
             self.worker = None
             self.run_button.enabled = True
             self.cancel_button.enabled = False
@@ -282,17 +285,19 @@ class ReconstructWidget(_JobWidget):
         self.log_mse.enabled = bool(value)
         self.ssim_threshold.enabled = bool(value)
 
-    def _model(self, device: str) -> Any:
-        """The predictor for this run (worker thread): the chosen weights, DEFAULT_MODEL or the shipped ones."""
+    def _weights_path(self) -> str:
+        path = str(self.weights.value or "").strip()
+        return "" if path in ("", ".") else path
+
+    @staticmethod
+    def _model(path: str, device: str) -> Any:
+        """The predictor for this run (worker thread): the weights file ``path``, DEFAULT_MODEL or the shipped ones."""
         import torch
         from air_core.predictor import load_predictor
         from air_core.predictor.model import PRETRAINED_PATH
 
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' was chosen but CUDA is not available here; choose 'auto' or 'cpu'")
-        path = str(self.weights.value or "").strip()
-        if path in ("", "."):
-            path = ""
         if path:
             return load_predictor(path, device)
         if DEFAULT_MODEL is not None:
@@ -324,9 +329,10 @@ class ReconstructWidget(_JobWidget):
         want = {"stages": self.out_stages.value, "error": self.out_error.value, "masks": self.out_masks.value,
                 "points": self.out_points.value}
         notes = [note] if note else []
+        weights = self._weights_path()  # read on the GUI thread
 
         def work(progress):
-            model = self._model(device)
+            model = self._model(weights, device)
             n = stages
             if n > model.num_stages:
                 notes.append(f"stages reduced to the model's {model.num_stages}")
@@ -434,8 +440,10 @@ class RenderWidget(_JobWidget):
         size = (max(1, round(h * k)), max(1, round(w * k)))
         geometry = Geometry(tuple(float(s) for s in layer.scale[-2:]), tuple(float(t) for t in layer.translate[-2:]),
                             tuple(layer.units[-2:]), tuple(str(a) for a in layer.axis_labels[-2:]))
-        # the layer shows the Gaussians' own image at its scale; a render at k has scale / k
-        geometry = geometry.zoomed(k)
+        # a render at k of the Gaussians' own image has scale / k; a source that is itself a render at k0
+        # (Render at scale's output) is first taken back to the image's geometry
+        k0 = float(meta.get("air_render_scale", 1.0))
+        geometry = geometry.unzoomed(k0).zoomed(k)
         gray = is_gray(gaussians)
         src = str(layer.name)
 
@@ -621,6 +629,8 @@ class FitWidget(_JobWidget):
         def done(out):
             result, src = out["result"], plane.name
             meta = {META_GAUSSIANS: out["gaussians"], META_SOURCE: src, META_METRICS: dict(result.metrics)}
+            if plane.index:
+                meta["air_plane_index"] = plane.index
             upsert_layer(self._viewer, out["render"], {"name": f"{src} [fit]", "rgb": not out["gray"],
                                                        "metadata": meta, "contrast_limits": (0.0, 1.0),
                                                        **plane.geometry.kwargs()}, "image")

@@ -85,7 +85,7 @@ def test_manifest_validates_and_menus_exist(make_napari_viewer):
 
     assert (files("napari_air") / "napari.yaml").is_file()  # the manifest is inside the package
 
-    make_napari_viewer()
+    viewer = make_napari_viewer()
     from app_model.types import MenuItem
     from napari._app_model import get_app_model
 
@@ -103,6 +103,10 @@ def test_manifest_validates_and_menus_exist(make_napari_viewer):
         if str(menu_id).startswith("napari/plugins"):
             plugins |= {item.command.id for item in menu if isinstance(item, MenuItem)}
     assert widget_ids <= plugins
+
+    # choosing the menu item opens the dock widget
+    app.commands.execute_command("napari-air.jbu_widget").result()
+    assert any("Upsample with JBU" in name for name in viewer.window.dock_widgets)
 
 
 # -- Reconstruct with AIR ------------------------------------------------------------------------------------
@@ -171,17 +175,30 @@ def test_reconstruct_widget_outputs_bound_to_input_and_rerun_updates(make_napari
     # re-run (fewer stages, no extras): the same layers are updated, nothing piles up
     w.image.value = layer
     w.stages.value = 1
-    w.out_stages.value = w.out_error.value = w.out_masks.value = w.out_points.value = False
+    w.out_stages.value = w.out_error.value = w.out_masks.value = False
+    w.custom_control.value = True  # thresholds no patch exceeds: stage control keeps nothing
+    w.log_mse.value = 0.0
+    w.ssim_threshold.value = 2.0
     _run(qtbot, w)
     assert w.last_error is None, w.last_error
     assert [lay.name for lay in viewer.layers] == names
     assert viewer.layers["crop [AIR]"].metadata["air_keep"].shape == (1, 10, 10)
+    assert len(viewer.layers["crop [AIR]"].metadata["air_gaussians"]) == 0
+    assert len(viewer.layers["crop [AIR centres]"].data) == 0
+    assert tiny_model.mse_threshold == pytest.approx(10 ** -3.5)  # the model itself is not modified
 
 
-def test_reconstruct_cancel_leaves_viewer_unchanged(make_napari_viewer, qtbot, tiny_model, photo):
+def test_reconstruct_cancel_leaves_viewer_unchanged(make_napari_viewer, qtbot, tiny_model, photo, tmp_path,
+                                                    monkeypatch):
+    import napari_air._widgets as widgets
+
+    weights = tmp_path / "tiny.safetensors"  # this run reads the model from a weights file
+    tiny_model.save_pretrained(weights)
+    monkeypatch.setattr(widgets, "DEFAULT_MODEL", None)
     viewer = make_napari_viewer()
     viewer.add_image(photo[:32, :32], name="small")
     w = _open(viewer, "Reconstruct with AIR")
+    w.weights.value = str(weights)
     w.refine_steps.value = 5000  # long enough to be cancelled
     names = [lay.name for lay in viewer.layers]
     w.run()
@@ -269,6 +286,19 @@ def test_reader_render_at_scale_and_writer_roundtrip(make_napari_viewer, qtbot, 
     assert out.metadata["air_render_method"] == "hermite"
     assert np.isfinite(out.data).all() and exact.shape == (80, 120, 3)
 
+    # rendering a render again refers to the Gaussians' own image, not to the render's pixels
+    r.reset_choices()
+    r.source.value = out
+    r.scale.value = 1.0
+    r.method.value = r.METHODS[0]
+    _run(qtbot, r)
+    again_render = viewer.layers["fitted [render] [render]"]
+    assert again_render.data.shape == (32, 48, 3)
+    np.testing.assert_allclose(again_render.scale, layer.scale)
+    np.testing.assert_allclose(again_render.translate, layer.translate, atol=1e-9)
+    np.testing.assert_allclose(again_render.data, layer.data, atol=1e-5)
+    viewer.layers.remove(again_render)
+
     # writer round trips: .npz exact, .air (free layout) close
     npz = tmp_path / "saved.npz"
     layer.save(str(npz), plugin=PLUGIN)
@@ -334,21 +364,27 @@ def test_jbu_widget_labels_and_features(make_napari_viewer, qtbot, photo):
 # -- Fit ----------------------------------------------------------------------------------------------------------
 
 
-def test_fit_widget(make_napari_viewer, qtbot, photo):
+def test_fit_widget_on_the_current_plane_of_a_stack(make_napari_viewer, qtbot, photo):
     viewer = make_napari_viewer()
-    viewer.add_image(photo[:32, :32, 0], name="gray", scale=(3.0, 3.0))
+    stack = np.stack([photo[:32, :32, 0], photo[32:, 32:, 1]])  # [2, 32, 32] gray planes
+    stack_layer = viewer.add_image(stack, name="stack", scale=(5.0, 3.0, 3.0), translate=(0.0, 1.0, 2.0))
+    viewer.dims.set_current_step(0, 5.0)  # world coordinate of plane 1
     f = _open(viewer, "Fit Gaussians")
     f.num_gaussians.value = 80
     f.steps.value = 40
     f.device.value = "cpu"
     _run(qtbot, f)
     assert f.last_error is None, f.last_error
-    fit_layer = viewer.layers["gray [fit]"]
+    fit_layer = viewer.layers["stack [fit]"]
     assert fit_layer.data.shape == (32, 32) and not fit_layer.rgb
     np.testing.assert_allclose(fit_layer.scale, (3.0, 3.0))
+    np.testing.assert_allclose(fit_layer.translate, (1.0, 2.0))
+    assert fit_layer.metadata["air_plane_index"] == (1,)
     psnr = fit_layer.metadata["air_metrics"]["psnr"]
     assert psnr > 12 and f"PSNR {psnr:.2f} dB" in f.results.value
+    assert psnr == pytest.approx(air_core.psnr(fit_layer.data, stack[1] / 255.0), abs=0.05)
     assert len(fit_layer.metadata["air_gaussians"]) == 80
+    np.testing.assert_array_equal(stack_layer.data, stack)
 
 
 def test_empty_plane_is_refused():
