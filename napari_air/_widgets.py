@@ -337,14 +337,11 @@ class ReconstructWidget(_JobWidget):
             if n > model.num_stages:
                 notes.append(f"stages reduced to the model's {model.num_stages}")
                 n = model.num_stages
-            if control is not None:
-                # a shallow copy: the thresholds are plain attributes, the (shared, cached) weights are not copied
-                model = copy.copy(model)
-                model.mse_threshold, model.ssim_threshold = control
+            thresholds = control if control is not None else (model.mse_threshold, model.ssim_threshold)
             result = air_core.reconstruct(image, stages=n, refine_steps=refine, device="auto", progress=progress,
-                                          model=model)
+                                          model=model, mse_threshold=thresholds[0], ssim_threshold=thresholds[1])
             out = {"result": result, "render": image_from_render(result.render, result.gray),
-                   "thresholds": (model.mse_threshold, model.ssim_threshold)}
+                   "thresholds": thresholds}
             if want["stages"]:
                 out["stages"] = np.stack([image_from_render(r, result.gray) for r in result.renders])
             if want["error"]:

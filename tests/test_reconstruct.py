@@ -273,3 +273,15 @@ def test_cli_interrupt(weights, image, tmp_path, monkeypatch):
     monkeypatch.setattr(air_core.predictor, "reconstruct", interrupted)
     assert main(["reconstruct", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--weights", str(weights),
                  "--quiet"]) == 130
+
+
+def test_stage_control_thresholds_per_call(model, image, result):
+    before = (model.mse_threshold, model.ssim_threshold)
+    none = reconstruct(image, model=model, mse_threshold=1e9, ssim_threshold=1e9)
+    assert none.num_gaussians == 0 and none.counts == [0] * model.num_stages
+    assert float(none.renders.abs().max()) == 0
+    keep_all = reconstruct(image, model=model, mse_threshold=-1.0, ssim_threshold=-1.0)
+    assert keep_all.num_gaussians == model.num_stages * keep_all.keep[0].numel() >= result.num_gaussians
+    assert (model.mse_threshold, model.ssim_threshold) == before
+    with pytest.raises(ValueError, match="mse_threshold must be a finite number"):
+        reconstruct(image, model=model, mse_threshold=float("nan"))

@@ -178,8 +178,8 @@ def _model_device(model: AIRPredictor) -> torch.device:
 
 def reconstruct(image: Any, stages: int | None = None, refine_steps: int = 0, device: str | torch.device = "auto",
                 progress: Callable[[float, str], Any] | None = None, *, model: AIRPredictor | None = None,
-                refine_loss: str = "l2", refine_lr_scale: float = REFINE_LR_SCALE, seed: int = 0
-                ) -> ReconstructResult:
+                refine_loss: str = "l2", refine_lr_scale: float = REFINE_LR_SCALE, seed: int = 0,
+                mse_threshold: float | None = None, ssim_threshold: float | None = None) -> ReconstructResult:
     """Turn an image into 2D Gaussians with the feed-forward AIR predictor, optionally refined.
 
     Args:
@@ -203,6 +203,10 @@ def reconstruct(image: Any, stages: int | None = None, refine_steps: int = 0, de
             :data:`REFINE_LR_SCALE`; fit's own rates, meant for fits from scratch, first knock a good
             start down by several dB).
         seed: seed of the refinement (the feed-forward part is deterministic).
+        mse_threshold, ssim_threshold: stage-control thresholds for this call (default: the model's,
+            AIR's 10^-3.5 and 0.05): a patch's candidate is kept when the previous render's patch MSE
+            is above ``mse_threshold`` or its 1 - SSIM above ``ssim_threshold``. Higher thresholds keep
+            fewer Gaussians. The model itself is left unchanged.
 
     Returns:
         :class:`ReconstructResult` (tensors and Gaussians on the CPU). If the refinement ends below the
@@ -228,6 +232,13 @@ def reconstruct(image: Any, stages: int | None = None, refine_steps: int = 0, de
         stages = _check_int(stages, "stages", 1, model.num_stages if model is not None else None)
     refine_steps = _check_int(refine_steps, "refine_steps", 0)
     seed = _check_int(seed, "seed", 0)
+    thresholds = {}
+    for name, value in (("mse_threshold", mse_threshold), ("ssim_threshold", ssim_threshold)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number or None, got {value!r}")
+        thresholds[name] = float(value)
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be a callable (fraction, message) or None, got {type(progress).__name__}")
     if refine_loss not in LOSSES:
@@ -278,7 +289,10 @@ def reconstruct(image: Any, stages: int | None = None, refine_steps: int = 0, de
     with _FORWARD_LOCK:
         handles = [net.register_forward_pre_hook(stage_start) for net in model.stages[:num]]
         was_training = model.training
+        saved = {name: getattr(model, name) for name in thresholds}
         try:
+            for name, value in thresholds.items():
+                setattr(model, name, value)
             model.eval()
             with torch.inference_mode():
                 out = model(target[None], stages=num)
@@ -289,6 +303,8 @@ def reconstruct(image: Any, stages: int | None = None, refine_steps: int = 0, de
         finally:
             for handle in handles:
                 handle.remove()
+            for name, value in saved.items():
+                setattr(model, name, value)
             model.train(was_training)
     stage_times = [b - a for a, b in zip(marks[:-1], marks[1:])]
     if len(stage_times) != num:  # the model did not call its stage networks once each, in order
