@@ -195,19 +195,17 @@ class AIRPredictor(nn.Module):
         The file's metadata holds ``format`` ("air-predictor"), ``version``, ``config`` (the constructor
         arguments, JSON) and ``training`` (a free JSON record: command, data, hardware, steps, ...).
         """
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from .._io import atomic_write
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "config": json.dumps(self.config),
                 "training": json.dumps(training or {})}
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            save_file(tensors, str(tmp), metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(path) as handle:
+            handle.write(save(tensors, metadata=meta))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu"
