@@ -105,6 +105,10 @@ def test_train_run_checkpoints_logs_resume_and_export(image_dir, tmp_path):
     cfg.finetune_steps = 4
     record = train(cfg, resume=True, progress_bar=False)
     assert record["steps"] == 6 and record["resumed"]
+    # the first run's log survives the resumption (a new log version)
+    first = list(csv.DictReader(open(run / "logs" / "version_0" / "metrics.csv")))
+    second = list(csv.DictReader(open(run / "logs" / "version_1" / "metrics.csv")))
+    assert min(int(r["step"]) for r in first) == 0 and min(int(r["step"]) for r in second) >= 4
 
 
 def test_same_seed_same_weights(image_dir, tmp_path):

@@ -330,7 +330,13 @@ class AIRLightningModule(L.LightningModule):
 def _hardware() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} CPU cores"
 
 
 def train(config: TrainConfig, resume: bool = False, progress_bar: bool = True) -> dict[str, Any]:
@@ -376,10 +382,11 @@ def train(config: TrainConfig, resume: bool = False, progress_bar: bool = True) 
         val_loader = DataLoader(ImageFolderDataset([cfg.val_dir], cfg.val_limit), batch_size=1,
                                 num_workers=0)
     module = AIRLightningModule(asdict(cfg))
-    loggers = [CSVLogger(str(out), name="logs", version=0)]
+    # a new log version per run, so that a resumed run keeps the earlier run's log (logs/version_K)
+    loggers = [CSVLogger(str(out), name="logs")]
     try:
         import tensorboard  # noqa: F401  (optional: TensorBoard events next to the CSV log)
-        loggers.append(TensorBoardLogger(str(out), name="logs", version=0))
+        loggers.append(TensorBoardLogger(str(out), name="logs", version=loggers[0].version))
     except ImportError:
         pass
     checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step}", save_last=True,
@@ -403,18 +410,22 @@ def train(config: TrainConfig, resume: bool = False, progress_bar: bool = True) 
         export = Path(cfg.export) if cfg.export else out / "air_predictor.safetensors"
         module.model.save_pretrained(export, training=record)
         record["export"] = str(export)
-        metrics_csv = out / "logs" / "version_0" / "metrics.csv"
-        if metrics_csv.is_file():
+        csvs = sorted((out / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+        if csvs:
             try:
-                plot_loss_curves(metrics_csv, out / "loss_curves.png", pod_steps=cfg.pod_steps)
+                plot_loss_curves(csvs, out / "loss_curves.png", pod_steps=cfg.pod_steps)
             except ImportError:
                 pass
         (out / "train_record.json").write_text(json.dumps(record, indent=2))
     return record
 
 
-def plot_loss_curves(metrics_csv: str | os.PathLike, png: str | os.PathLike, pod_steps: int | None = None) -> None:
-    """Plot train loss, train PSNR and validation PSNR against the step from Lightning's CSV log.
+def plot_loss_curves(metrics_csv: str | os.PathLike | Sequence[str | os.PathLike], png: str | os.PathLike,
+                     pod_steps: int | None = None) -> None:
+    """Plot train loss, train PSNR and validation PSNR against the step from Lightning's CSV log(s).
+
+    ``metrics_csv`` is one ``metrics.csv`` or several (a run and its resumptions, in order; a later
+    file's rows replace an earlier file's rows from the step where it starts).
 
     Raises:
         ImportError: matplotlib is not installed (it comes with the ``bench`` extra).
@@ -426,7 +437,14 @@ def plot_loss_curves(metrics_csv: str | os.PathLike, png: str | os.PathLike, pod
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(csv.DictReader(open(metrics_csv, newline="")))
+    files = [metrics_csv] if isinstance(metrics_csv, (str, os.PathLike)) else list(metrics_csv)
+    rows: list[dict] = []
+    for name in files:
+        with open(name, newline="") as f:
+            new = [r for r in csv.DictReader(f) if r.get("step") not in (None, "")]
+        if new:
+            start = min(int(r["step"]) for r in new)
+            rows = [r for r in rows if int(r["step"]) < start] + new
 
     def series(key: str) -> tuple[np.ndarray, np.ndarray]:
         pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
