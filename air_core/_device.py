@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "frees_gpu_memory"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -26,3 +26,23 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     return dev
+
+
+def frees_gpu_memory(func):
+    """Decorator: after ``func`` returns or raises, hand PyTorch's cached CUDA blocks back to the driver.
+
+    The results a function returns stay allocated; only the intermediates' cache is released, so a
+    long-lived process (napari, Blender) does not keep the peak memory of its last job. No-op without
+    an initialised CUDA context.
+    """
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
+
+    return wrapper

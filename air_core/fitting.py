@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ._device import resolve_device
+from ._device import frees_gpu_memory, resolve_device
 from .gaussians import Gaussians2D
 from .images import check_memory, to_tensor
 from .metrics import compute_metrics, ssim_loss
@@ -191,6 +191,7 @@ class _Parameters:
             self.tensors[name] = grown
 
 
+@frees_gpu_memory
 def fit(image: Any, num_gaussians: int | None = 10000, steps: int = 2000, *, mode: str = "sum",
         init: str | Gaussians2D = "gradient", loss: str = "l2", lr_scale: float = 1.0, progressive: bool = True,
         freeze: torch.Tensor | np.ndarray | None = None, target_psnr: float | None = None,

@@ -285,3 +285,19 @@ def test_stage_control_thresholds_per_call(model, image, result):
     assert (model.mse_threshold, model.ssim_threshold) == before
     with pytest.raises(ValueError, match="mse_threshold must be a finite number"):
         reconstruct(image, model=model, mse_threshold=float("nan"))
+
+
+def test_cuda_cache_released_after_work(monkeypatch, model, image):
+    """reconstruct and fit hand the CUDA cache back after success and after failure."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(1))
+    reconstruct(image, model=model, device="cpu")
+    assert len(calls) == 1
+    with pytest.raises(ValueError):
+        reconstruct(image, model=model, stages=99)
+    assert len(calls) == 2
+    import air_core
+    air_core.fit(image, 50, steps=1, device="cpu")
+    assert len(calls) == 3

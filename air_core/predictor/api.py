@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from .._device import resolve_device
+from .._device import frees_gpu_memory, resolve_device
 from ..gaussians import Gaussians2D
 from ..images import to_tensor_with_info
 from ..metrics import compute_metrics, psnr
@@ -176,6 +176,7 @@ def _model_device(model: AIRPredictor) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+@frees_gpu_memory
 def reconstruct(image: Any, stages: int | None = None, refine_steps: int = 0, device: str | torch.device = "auto",
                 progress: Callable[[float, str], Any] | None = None, *, model: AIRPredictor | None = None,
                 refine_loss: str = "l2", refine_lr_scale: float = REFINE_LR_SCALE, seed: int = 0,
