@@ -2,21 +2,30 @@
 
 Each widget is a magicgui :class:`~magicgui.widgets.Container`. A run:
 
-1. on the GUI thread, takes a copy of the current 2D plane of the chosen layer(s) and their geometry
-   (scale, translate, units, axis labels), so the result belongs to the layer the run started from
-   whatever is selected meanwhile, and the input layer is never modified;
-2. computes in a napari ``thread_worker`` generator: the ``air_core`` call runs with a ``progress``
-   callback, whose reports the generator yields (progress bar in the activity dock, one step per
-   stage / refinement chunk). Cancel quits the worker and makes the callback return False, which stops
-   the ``air_core`` call at its next report;
-3. back on the GUI thread, adds the output layers or updates those of the same name.
+1. on the GUI thread, takes a copy of the plane(s) of the chosen layer(s) and their geometry (scale,
+   translate, units, axis labels of every axis), so the result belongs to the layer the run started from
+   whatever is selected meanwhile, and the input layer is never modified. Planes are those of the layer's
+   last two axes: "current plane" is the one the viewer shows (refused in 3D display or when the dims are
+   rolled / transposed), "all planes" (Reconstruct, Fit) every plane of an nD layer. Layers with a rotation,
+   shear or affine transform are refused (outputs copy scale and translate only);
+2. computes in a napari ``thread_worker`` generator: the ``air_core`` call runs in a helper thread with a
+   ``progress`` callback, whose reports the generator yields (progress bar in the activity dock, one step
+   per stage / refinement chunk, (i + f) / N over N planes). Cancel makes the callback return False, which
+   stops the ``air_core`` call at its next report; the worker stays alive ("cancelling...", Run disabled)
+   until the helper thread has exited. Closing the dock widget cancels the running job. After every job
+   the garbage collector runs and, with CUDA, ``torch.cuda.empty_cache()``;
+3. back on the GUI thread, adds the output layers or updates those of the same name. An output of one
+   plane of an nD layer keeps the leading axes with length 1, placed at that plane's world position, so
+   it is drawn on that plane only; an output of all planes has the layer's leading shape.
 
-Errors (bad input, missing weights) are caught in the worker and shown as napari notifications.
+Errors (bad input, missing weights, unexpected exceptions) are caught and shown as napari notifications
+(unexpected ones also print their traceback to the console); none reaches napari's traceback dialog.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import queue
 import threading
 import time
@@ -27,9 +36,9 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton,
                               SpinBox)
 
-from ._layers import (META_GAUSSIANS, META_KEEP, META_METRICS, META_PATCH_SIZE, META_SOURCE, Geometry, Plane,
-                      centres_points, core_image, image_from_render, is_gray, layer_plane, stage_labels,
-                      upsert_layer)
+from ._layers import (META_GAUSSIANS, META_KEEP, META_METRICS, META_PATCH_SIZE, META_SOURCE, Plane, Planes,
+                      centres_points, check_transform, check_view, core_image, data_point, image_from_render, is_gray,
+                      layer_geometry, layer_plane, layer_planes, stage_labels, upsert_layer)
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -47,19 +56,40 @@ class _Failed:
     """What a worker returns when the air_core call raised (shown as a notification)."""
 
     def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
         self.trace = traceback.format_exc()
+        self.exc = exc.with_traceback(None)  # (the frames would keep the job's tensors alive)
 
 
-def _progress_steps(call: Callable[[Callable[[float, str], bool]], Any], cancel: threading.Event):
+#: Names of the exceptions that mean "cancelled" (air_core.ReconstructCancelled, this module's _Cancelled).
+_CANCELLED = ("ReconstructCancelled", "_Cancelled")
+#: Exceptions that are the user's input's fault: a notification, no traceback on the console.
+_EXPECTED = (ValueError, TypeError, FileNotFoundError, MemoryError)
+
+
+def _release_memory() -> None:
+    """Free what a finished job left: Python garbage, then (with CUDA) PyTorch's cached GPU blocks."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - never let the cleanup fail a job
+        pass
+
+
+def _progress_steps(call: Callable[[Callable[[float, str], bool]], Any], cancel: threading.Event,
+                    job: dict | None = None):
     """Generator (runs in the worker thread): run ``call(progress)`` and yield its (fraction, message) reports.
 
-    The call runs in a helper thread so that the generator can yield while it works; a heartbeat (None)
-    is yielded every 0.1 s so that a cancelled worker stops at once. ``progress`` returns False once
-    ``cancel`` is set, which makes the air_core call raise its cancellation at the next report.
+    The call runs in a helper thread (``job["thread"]``) so that the generator can yield while it works; a
+    heartbeat (None) is yielded every 0.1 s. ``progress`` returns False once ``cancel`` is set, which makes
+    the air_core call raise its cancellation at the next report; the generator keeps yielding heartbeats
+    until the helper has exited, so the job is only over when the computation is. ``job["outcome"]`` is
+    then "ok" or the name of the exception the call raised.
     """
+    job = {} if job is None else job
     reports: queue.SimpleQueue = queue.SimpleQueue()
-    box: dict[str, Any] = {}
 
     def progress(fraction: float, message: str) -> bool:
         reports.put((float(fraction), str(message)))
@@ -67,13 +97,18 @@ def _progress_steps(call: Callable[[Callable[[float, str], bool]], Any], cancel:
 
     def target() -> None:
         try:
-            box["result"] = call(progress)
+            job["result"] = call(progress)
+            failed = job["result"]
+            job["outcome"] = type(failed.exc).__name__ if isinstance(failed, _Failed) else "ok"
         except BaseException as exc:  # noqa: BLE001 - handed to the GUI thread
-            box["result"] = _Failed(exc)
+            job["result"] = _Failed(exc)
+            job["outcome"] = type(exc).__name__
         finally:
+            _release_memory()
             reports.put(StopIteration)
 
     helper = threading.Thread(target=target, name="napari-air-job", daemon=True)
+    job["thread"] = helper
     helper.start()
     while True:
         try:
@@ -85,7 +120,7 @@ def _progress_steps(call: Callable[[Callable[[float, str], bool]], Any], cancel:
             break
         yield item
     helper.join()
-    return box.get("result")
+    return job.pop("result", None)
 
 
 def _notify(kind: str, message: str) -> None:
@@ -126,9 +161,12 @@ class _JobWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.worker: Any = None
+        #: the last job: "thread" (the helper thread running the air_core call), "outcome" once it ended
+        self.job: dict = {}
         self._cancel = threading.Event()
         self._pbar: Any = None
         self.last_error: str | None = None
+        self._close_watch = _watch_close(self.native, self._closed)
         self.reset_choices()
 
     # -- to implement --------------------------------------------------------------------------------
@@ -146,8 +184,19 @@ class _JobWidget(Container):
         self.status.value = _short(message)
         _notify("error", message)
 
+    def _unexpected(self, message: str, trace: str | None = None) -> None:
+        print(trace if trace is not None else traceback.format_exc())  # the console / log, not a dialog
+        self._error(message)
+
     def run(self) -> Any:
         """Start a run (the Run button). Returns the worker, or None when the input was refused."""
+        try:
+            return self._run()
+        except Exception as exc:  # noqa: BLE001 - nothing reaches napari's traceback dialog
+            self._unexpected(f"{self.title}: unexpected error: {exc!r}")
+            return None
+
+    def _run(self) -> Any:
         from napari.qt.threading import create_worker
         from napari.utils import progress
 
@@ -157,11 +206,15 @@ class _JobWidget(Container):
         self.last_error = None
         try:
             work, done = self._prepare()
-        except (ValueError, TypeError, FileNotFoundError) as exc:
+        except _EXPECTED as exc:
             self._error(f"{self.title}: {exc}")
             return None
+        except Exception as exc:  # noqa: BLE001
+            self._unexpected(f"{self.title}: unexpected error: {exc!r}")
+            return None
         cancel = self._cancel = threading.Event()
-        worker = create_worker(_progress_steps, work, cancel, _start_thread=False)
+        job = self.job = {}
+        worker = create_worker(_progress_steps, work, cancel, job, _start_thread=False)
         pbar = self._pbar = progress(total=100, desc=self.title)
         state = {"open": True}
         started = time.perf_counter()
@@ -174,27 +227,33 @@ class _JobWidget(Container):
             self.status.value = _short(message)
             if target > pbar.n:
                 pbar.update(target - pbar.n)
-            if state["open"]:
-                pbar.set_description(f"{self.title}: {message}")
+            pbar.set_description(f"{self.title}: {_short(message, 60)}")
 
         def on_return(result: Any) -> None:
-            if cancel.is_set():
-                return
-            if isinstance(result, _Failed):
-                exc = result.exc
-                if type(exc).__name__ in ("ReconstructCancelled", "_Cancelled"):
+            try:
+                if cancel.is_set():
                     self.status.value = "cancelled"
                     return
-                if not isinstance(exc, (ValueError, TypeError, FileNotFoundError, MemoryError)):
-                    print(result.trace)  # an unexpected error: the trace goes to the console, not a dialog
-                self._error(f"{self.title} failed: {exc}")
-                return
-            try:
-                done(result)
-            except (ValueError, TypeError) as exc:
-                self._error(f"{self.title}: could not show the result: {exc}")
-                return
-            self.status.value = f"done in {time.perf_counter() - started:.2f} s"
+                if isinstance(result, _Failed):
+                    exc = result.exc
+                    if type(exc).__name__ in _CANCELLED:
+                        self.status.value = "cancelled"
+                    elif isinstance(exc, _EXPECTED):
+                        self._error(f"{self.title} failed: {exc}")
+                    else:
+                        self._unexpected(f"{self.title} failed: {exc!r}", result.trace)
+                    return
+                try:
+                    done(result)
+                except _EXPECTED as exc:
+                    self._error(f"{self.title}: could not show the result: {exc}")
+                    return
+                self.status.value = f"done in {time.perf_counter() - started:.2f} s"
+            except Exception as exc:  # noqa: BLE001 - nothing reaches napari's traceback dialog
+                self._unexpected(f"{self.title}: could not show the result: {exc!r}")
+
+        def on_error(exc: BaseException) -> None:  # the generator itself failed (should not happen)
+            self._error(f"{self.title} failed: {exc!r}")
 
         def on_finish() -> None:
             if state["open"]:
@@ -207,6 +266,7 @@ class _JobWidget(Container):
 
         worker.yielded.connect(on_yield)
         worker.returned.connect(on_return)
+        worker.errored.connect(on_error)
         worker.finished.connect(on_finish)
         self.worker = worker
         self.run_button.enabled = False
@@ -216,12 +276,39 @@ class _JobWidget(Container):
         return worker
 
     def cancel(self) -> None:
-        """Stop the running job (the Cancel button); no layer is added or changed."""
-        if self.worker is None:
+        """Stop the running job (the Cancel button); no layer is added or changed.
+
+        The air_core call stops at its next progress report; until it has, the job shows
+        "cancelling..." and Run stays disabled (the worker ends when the computation has).
+        """
+        if self.worker is None or self._cancel.is_set():
             return
         self._cancel.set()
-        self.worker.quit()
-        self.status.value = "cancelled"
+        self.cancel_button.enabled = False
+        self.status.value = "cancelling..."
+
+    def _closed(self) -> None:
+        """The dock widget was closed or destroyed: cancel the running job."""
+        self._cancel.set()
+
+
+def _watch_close(widget: Any, callback: Callable[[], None]) -> Any:
+    """Call ``callback`` when the Qt ``widget`` is destroyed or taken out of its dock (parent set to None)."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class _Watch(QObject):
+        def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
+            try:
+                if event.type() == QEvent.Type.ParentChange and obj.parent() is None:
+                    callback()
+            except Exception:  # noqa: BLE001 - a filter must never raise
+                pass
+            return False
+
+    watch = _Watch(widget)
+    widget.installEventFilter(watch)
+    widget.destroyed.connect(lambda *_: callback())
+    return watch
 
 
 def _short(message: str, limit: int = 160) -> str:
@@ -236,6 +323,27 @@ def _metrics_text(metrics: dict, extra: str = "") -> str:
     if metrics.get("ms_ssim") is not None:
         parts.append(f"MS-SSIM {metrics['ms_ssim']:.4f}")
     return ", ".join(parts) + (f"\n{extra}" if extra else "")
+
+
+PLANES = ("current plane", "all planes")
+_PLANES_TIP = ("nD layers: the plane the viewer shows (2D display of the last two axes), or every plane of the "
+               "last two axes, one after the other (outputs stacked along the layer's leading axes)")
+
+
+def _planes(widget: Any, layer: Any) -> Planes:
+    """The planes of ``layer`` a run works on (GUI thread), after the view and transform checks."""
+    check_transform(layer)
+    all_planes = widget.planes.value == PLANES[1]
+    if not all_planes:
+        check_view(widget._viewer, layer)
+    return layer_planes(layer, widget._viewer, all_planes)
+
+
+def _plane_progress(progress: Callable[[float, str], bool], i: int, n: int) -> Callable[[float, str], bool]:
+    """The progress callback of plane i of n: fraction (i + f) / n, message "plane i+1/n: ..."."""
+    if n == 1:
+        return progress
+    return lambda f, message: progress((i + f) / n, f"plane {i + 1}/{n}: {message}")
 
 
 def _check_plane_size(plane: Plane, minimum: int = 2) -> None:
@@ -256,7 +364,8 @@ class ReconstructWidget(_JobWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.image = ComboBox(label="image", choices=_layer_choices(viewer, ("Image",)), nullable=False,
-                              tooltip="2D gray or RGB image layer (nD layers: the plane shown)")
+                              tooltip="2D gray or RGB image layer (nD layers: see 'planes')")
+        self.planes = ComboBox(label="planes", choices=PLANES, value=PLANES[0], tooltip=_PLANES_TIP)
         self.weights = FileEdit(label="weights", mode="r", filter="*.safetensors", value="",
                                 tooltip="predictor weights (.safetensors); empty: the shipped model")
         self.stages = SpinBox(label="stages", value=4, min=1, max=64,
@@ -276,9 +385,9 @@ class ReconstructWidget(_JobWidget):
         self.out_error = CheckBox(label="error map", value=True)
         self.out_masks = CheckBox(label="stage masks", value=True)
         self.out_points = CheckBox(label="Gaussian centres", value=True)
-        super().__init__(viewer, [self.image, self.weights, self.stages, self.patch_size, self.custom_control,
-                                  self.log_mse, self.ssim_threshold, self.refine_steps, self.device,
-                                  self.out_stages, self.out_error, self.out_masks, self.out_points])
+        super().__init__(viewer, [self.image, self.planes, self.weights, self.stages, self.patch_size,
+                                  self.custom_control, self.log_mse, self.ssim_threshold, self.refine_steps,
+                                  self.device, self.out_stages, self.out_error, self.out_masks, self.out_points])
         self.custom_control.changed.connect(self._toggle_control)
 
     def _toggle_control(self, value: bool) -> None:
@@ -318,17 +427,17 @@ class ReconstructWidget(_JobWidget):
         layer = self.image.value
         if layer is None:
             raise ValueError("no image layer: open an image first (e.g. File > Open Sample > AIR Gaussian splats)")
-        plane = layer_plane(layer, self._viewer)
+        planes = _planes(self, layer)
+        plane = planes.plane
         if plane.data.ndim == 3 and plane.data.shape[-1] not in (1, 3, 4):
             raise ValueError(f"layer {plane.name!r} has {plane.data.shape[-1]} channels; expected gray or RGB")
         _check_plane_size(plane, 2)
-        image, note = core_image(plane)
         stages, refine, device = int(self.stages.value), int(self.refine_steps.value), str(self.device.value)
         control = (10 ** float(self.log_mse.value), float(self.ssim_threshold.value)) \
             if self.custom_control.value else None
         want = {"stages": self.out_stages.value, "error": self.out_error.value, "masks": self.out_masks.value,
                 "points": self.out_points.value}
-        notes = [note] if note else []
+        notes: list[str] = []
         weights = self._weights_path()  # read on the GUI thread
 
         def work(progress):
@@ -338,36 +447,82 @@ class ReconstructWidget(_JobWidget):
                 notes.append(f"stages reduced to the model's {model.num_stages}")
                 n = model.num_stages
             thresholds = control if control is not None else (model.mse_threshold, model.ssim_threshold)
-            result = air_core.reconstruct(image, stages=n, refine_steps=refine, device="auto", progress=progress,
-                                          model=model, mse_threshold=thresholds[0], ssim_threshold=thresholds[1])
-            out = {"result": result, "render": image_from_render(result.render, result.gray),
-                   "thresholds": thresholds}
+            per: list[dict] = []
+            for i, data in enumerate(planes.data):
+                image, note = core_image(Plane(data, plane.rgb, plane.geometry, plane.index, plane.contrast_limits,
+                                               plane.name))
+                if note and note not in notes:
+                    notes.append(note)
+                result = air_core.reconstruct(image, stages=n, refine_steps=refine, device="auto",
+                                              progress=_plane_progress(progress, i, len(planes)), model=model,
+                                              mse_threshold=thresholds[0], ssim_threshold=thresholds[1])
+                item = {"result": result, "render": image_from_render(result.render, result.gray)}
+                if want["stages"]:
+                    item["stages"] = np.stack([image_from_render(r, result.gray) for r in result.renders])
+                if want["error"]:
+                    item["error"] = air_core.error_map(result.render, image).numpy()
+                if want["masks"]:
+                    item["masks"] = stage_labels(result.keep)
+                if want["points"]:
+                    item["points"] = centres_points(result.gaussians)
+                if len(planes) > 1:  # keep what is shown, not every plane's per-stage tensors
+                    result.renders = result.renders[:0]
+                    result.final_render = None
+                per.append(item)
+            out: dict[str, Any] = {"per": per, "thresholds": thresholds,
+                                   "render": planes.stack([p["render"] for p in per])}
             if want["stages"]:
-                out["stages"] = np.stack([image_from_render(r, result.gray) for r in result.renders])
+                out["stages"] = planes.stack([p["stages"] for p in per], extra=1)
             if want["error"]:
-                out["error"] = air_core.error_map(result.render, image).numpy()
+                out["error"] = planes.stack([p["error"] for p in per])
             if want["masks"]:
-                out["masks"] = stage_labels(result.keep)
+                out["masks"] = planes.stack([p["masks"] for p in per], extra=1)
             if want["points"]:
-                out["points"] = centres_points(result.gaussians)
+                out["points"] = planes.points([p["points"] for p in per])
             return out
 
         def done(out):
-            self._show(plane, out, notes)
+            self._show(planes, out, notes)
 
         return work, done
 
-    def _show(self, plane: Plane, out: dict, notes: list[str]) -> None:
-        result = out["result"]
-        geo, src = plane.geometry, plane.name
+    OPTIONAL = {"stages": "[AIR stages]", "error": "[AIR error]", "masks": "[AIR stage masks]",
+                "points": "[AIR centres]"}
+
+    def _show(self, planes: Planes, out: dict, notes: list[str]) -> None:
+        """Add / update the output layers (GUI thread).
+
+        All planes: the reconstruction, error map, per-stage renders and stage masks are stacked along the
+        input's leading axes (stage axis first), the centres carry the plane's leading indices. The
+        Gaussians in the reconstruction's metadata (``air_gaussians``, ``air_keep``, ``air_metrics``; what
+        Render at scale and Save use) are those of the plane shown when the run started; every plane's are
+        in ``air_gaussians_planes`` / ``air_metrics_planes`` (leading indices in ``air_plane_indices``).
+        An optional output switched off removes that output's layer of an earlier run.
+        """
+        per = out["per"]
+        result = per[planes.current]["result"]
+        geo, src = planes.geometry, planes.plane.name
         gray = result.gray
-        metrics = {k: v for k, v in result.metrics.items() if k in ("psnr", "ssim", "ms_ssim", "mse", "stage_psnr")}
+
+        def metrics_of(r):
+            return {k: v for k, v in r.metrics.items() if k in ("psnr", "ssim", "ms_ssim", "mse", "stage_psnr")}
+
+        metrics = metrics_of(result)
         meta = {META_GAUSSIANS: result.gaussians, META_KEEP: result.keep.numpy().astype(bool),
                 META_PATCH_SIZE: int(result.patch_size), META_SOURCE: src, META_METRICS: metrics}
-        if plane.index:
-            meta["air_plane_index"] = plane.index
+        if planes.plane.index:
+            meta["air_plane_index"] = planes.plane.index
+        if planes.all:
+            meta["air_gaussians_planes"] = [p["result"].gaussians for p in per]
+            meta["air_metrics_planes"] = [metrics_of(p["result"]) for p in per]
+            meta["air_plane_indices"] = list(planes.indices)
         upsert_layer(self._viewer, out["render"], {"name": f"{src} [AIR]", "rgb": not gray, "metadata": meta,
                                                    "contrast_limits": (0.0, 1.0), **geo.kwargs()}, "image")
+        for key, suffix in self.OPTIONAL.items():  # outputs switched off: no stale layer of an earlier run
+            name = f"{src} {suffix}"
+            if key not in out and name in self._viewer.layers \
+                    and (self._viewer.layers[name].metadata or {}).get(META_SOURCE) == src:
+                self._viewer.layers.remove(name)
         if "stages" in out:
             upsert_layer(self._viewer, out["stages"],
                          {"name": f"{src} [AIR stages]", "rgb": not gray, "contrast_limits": (0.0, 1.0),
@@ -393,6 +548,11 @@ class ReconstructWidget(_JobWidget):
                  f"time {result.timings['total']:.2f} s"]
         if result.refine_steps:
             extra.append("refined" if result.refined else "refinement discarded (below the feed-forward PSNR)")
+        if planes.all:
+            psnrs = [p["result"].metrics["psnr"] for p in per]
+            extra.insert(0, f"plane {planes.current + 1} of {len(per)} shown; mean PSNR over the planes "
+                            f"{float(np.mean(psnrs)):.2f} dB, total time "
+                            f"{sum(p['result'].timings['total'] for p in per):.2f} s")
         extra += notes
         self.patch_size.value = f"{result.patch_size} (from the model)"
         self.results.value = _metrics_text(result.metrics, "\n".join(extra))
@@ -427,16 +587,27 @@ class RenderWidget(_JobWidget):
             raise ValueError("no layer with Gaussians: run 'Reconstruct with AIR' or 'Fit Gaussians', or open an "
                              ".npz / .air file")
         meta = dict(layer.metadata)
+        check_transform(layer)
         gaussians = meta[META_GAUSSIANS]
         k = float(self.scale.value)
         if not 0.5 <= k <= 8:
             raise ValueError(f"scale must be in 0.5 .. 8, got {k}")
         preview = self.method.value != self.METHODS[0]
         factor = int(self.preview_factor.value)
+        geometry = layer_geometry(layer)
+        nlead = geometry.nlead
+        other_plane = False
+        if nlead:  # an nD layer: the plane shown (its own Gaussians for an all-planes result), drawn there
+            check_view(self._viewer, layer)
+            index = layer_plane(layer, self._viewer).index
+            geometry = geometry.at(index)
+            stack, indices = meta.get("air_gaussians_planes"), meta.get("air_plane_indices")
+            own = tuple(meta.get("air_plane_index", ()))  # the plane of air_gaussians (and air_keep)
+            if stack and indices and index != own and index in [tuple(i) for i in indices]:
+                gaussians = stack[[tuple(i) for i in indices].index(index)]
+                other_plane = True
         h, w = gaussians.image_size
         size = (max(1, round(h * k)), max(1, round(w * k)))
-        geometry = Geometry(tuple(float(s) for s in layer.scale[-2:]), tuple(float(t) for t in layer.translate[-2:]),
-                            tuple(layer.units[-2:]), tuple(str(a) for a in layer.axis_labels[-2:]))
         # a render at k of the Gaussians' own image has scale / k; a source that is itself a render at k0
         # (Render at scale's output) is first taken back to the image's geometry
         k0 = float(meta.get("air_render_scale", 1.0))
@@ -451,16 +622,19 @@ class RenderWidget(_JobWidget):
             else:
                 img = air_core.render(gaussians, size=size, scale=None)
             progress(1.0, "rendered")
-            return image_from_render(img.detach(), gray)
+            out = image_from_render(img.detach(), gray)
+            return out.reshape((1,) * nlead + out.shape)
 
         def done(image):
             out_meta = {key: meta[key] for key in (META_GAUSSIANS, META_KEEP, META_PATCH_SIZE) if key in meta}
+            if other_plane:  # another plane's Gaussians: not those of air_keep
+                out_meta = {META_GAUSSIANS: gaussians}
             out_meta.update({META_SOURCE: src, "air_render_scale": k,
                              "air_render_method": "hermite" if preview else "exact"})
             upsert_layer(self._viewer, image, {"name": f"{src} [render]", "rgb": not gray, "metadata": out_meta,
                                                "contrast_limits": (0.0, 1.0), **geometry.kwargs()}, "image")
             how = f"Hermite preview from 1/{factor}" if preview else "exact"
-            self.results.value = f"{image.shape[1]} x {image.shape[0]} pixels (x{k:g}, {how})"
+            self.results.value = f"{size[1]} x {size[0]} pixels (x{k:g}, {how})"
 
         return work, done
 
@@ -479,17 +653,24 @@ class JBUWidget(_JobWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.low = ComboBox(label="low-res layer", choices=_layer_choices(viewer, ("Image", "Labels")),
-                            tooltip="image with channels ([C, h, w] or RGB), probability map or labels")
-        self.guidance = ComboBox(label="guidance", choices=_layer_choices(viewer, ("Image", "Labels")),
-                                 tooltip="the high-resolution image (gray or RGB) that guides the upsampling")
+                            tooltip="gray or RGB image, image with channels ([C, h, w]: tick 'channels axis'), "
+                                    "probability map or labels (nD layers: the plane shown)")
+        self.guidance = ComboBox(label="guidance", choices=_layer_choices(viewer, ("Image",)),
+                                 tooltip="the high-resolution image layer (gray or RGB) that guides the upsampling "
+                                         "(nD layers: the plane shown)")
+        self.channels = CheckBox(label="channels axis", value=False,
+                                 tooltip="on: a non-RGB low-res image layer [..., C, h, w] has its channels on the "
+                                         "third axis from the end (features, probabilities). Off (default): a "
+                                         "3D+ non-RGB layer (e.g. a gray volume [Z, h, w]) is an nD layer, and "
+                                         "the plane shown is upsampled as one channel")
         self.map_type = ComboBox(label="map type", choices=self.MAP_TYPES, value="auto",
                                  tooltip="auto: labels for a Labels layer, features otherwise")
         self.method = ComboBox(label="method", choices=self.METHODS, value="classical")
         self.sigma_spatial = FloatSpinBox(label="sigma spatial", value=1.0, min=0.1, max=10.0, step=0.1)
         self.sigma_range = FloatSpinBox(label="sigma range", value=0.1, min=0.005, max=2.0, step=0.005)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
-        super().__init__(viewer, [self.low, self.guidance, self.map_type, self.method, self.sigma_spatial,
-                                  self.sigma_range, self.device])
+        super().__init__(viewer, [self.low, self.guidance, self.channels, self.map_type, self.method,
+                                  self.sigma_spatial, self.sigma_range, self.device])
 
     def _prepare(self):
         import air_core
@@ -506,6 +687,10 @@ class JBUWidget(_JobWidget):
         if map_type == "labels" and not isinstance(low, Labels) and np.asarray(low.data[:0]).dtype.kind not in "iub":
             raise ValueError(f"map type 'labels' needs a Labels layer or an integer image, {low.name!r} is "
                              f"{np.asarray(low.data[:0]).dtype}")
+        check_transform(low)
+        check_transform(guide)
+        check_view(self._viewer, guide)
+        check_view(self._viewer, low)
         gplane = layer_plane(guide, self._viewer)
         _check_plane_size(gplane, 1)
         guidance, _note = core_image(gplane)
@@ -520,7 +705,7 @@ class JBUWidget(_JobWidget):
         elif rgb:
             plane = layer_plane(low, self._viewer)
             features = np.ascontiguousarray(np.moveaxis(plane.data, -1, 0))
-        elif np.ndim(data) <= 2:
+        elif np.ndim(data) <= 2 or not self.channels.value:
             plane = layer_plane(low, self._viewer)
             features = plane.data[None]
         else:  # [..., C, h, w]: the channel axis is the third from the end; other leading axes are sliced
@@ -547,7 +732,8 @@ class JBUWidget(_JobWidget):
             name = f"{src} [JBU]"
             meta = {META_SOURCE: src, "air_jbu": {"method": method, "map_type": map_type, "guidance": gplane.name}}
             if map_type == "labels":
-                upsert_layer(self._viewer, out, {"name": name, "metadata": meta, **geo.kwargs()}, "labels")
+                upsert_layer(self._viewer, gplane.expand(out), {"name": name, "metadata": meta, **geo.kwargs()},
+                             "labels")
             else:
                 arr = out
                 if in_dtype.kind in "iu":
@@ -555,11 +741,12 @@ class JBUWidget(_JobWidget):
                     arr = np.clip(np.rint(arr), info.min, info.max).astype(in_dtype)
                 if rgb:
                     kwargs = {"rgb": True, **geo.kwargs()}
-                    arr = np.moveaxis(arr, 0, -1)
+                    arr = gplane.expand(np.moveaxis(arr, 0, -1))
                 elif arr.shape[0] == 1 and not lead_scale:
                     kwargs = {"rgb": False, **geo.kwargs()}
-                    arr = arr[0]
+                    arr = gplane.expand(arr[0])
                 else:
+                    arr = gplane.expand(arr, extra=1)
                     kwargs = {"rgb": False, **geo.kwargs(1, ("channel",))}
                     kwargs["scale"] = (lead_scale or (1.0,)) + tuple(kwargs["scale"][1:])
                 upsert_layer(self._viewer, arr, {"name": name, "metadata": meta, **kwargs}, "image")
@@ -572,7 +759,7 @@ class JBUWidget(_JobWidget):
         lead = np.ndim(data) - 3
         index: tuple[int, ...] = ()
         if lead:
-            pos = layer.world_to_data(self._viewer.dims.point)
+            pos = data_point(layer, self._viewer) or (0,) * lead
             index = tuple(int(np.clip(round(float(p)), 0, n - 1)) for p, n in zip(pos[:lead], np.shape(data)[:lead]))
         stack = np.array(data[index] if index else data)
         plane = layer_plane(layer, self._viewer)
@@ -591,15 +778,16 @@ class FitWidget(_JobWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.image = ComboBox(label="image", choices=_layer_choices(viewer, ("Image",)),
-                              tooltip="2D gray or RGB image layer (nD layers: the plane shown)")
+                              tooltip="2D gray or RGB image layer (nD layers: see 'planes')")
+        self.planes = ComboBox(label="planes", choices=PLANES, value=PLANES[0], tooltip=_PLANES_TIP)
         self.num_gaussians = SpinBox(label="Gaussian budget", value=2000, min=1, max=1_000_000, step=100)
         self.steps = SpinBox(label="steps", value=1000, min=0, max=200_000, step=100)
         self.mode = ComboBox(label="mode", choices=("sum", "alpha"), value="sum")
         self.loss = ComboBox(label="loss", choices=("l2", "l1", "l1+ssim"), value="l2")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
-        super().__init__(viewer, [self.image, self.num_gaussians, self.steps, self.mode, self.loss, self.seed,
-                                  self.device])
+        super().__init__(viewer, [self.image, self.planes, self.num_gaussians, self.steps, self.mode, self.loss,
+                                  self.seed, self.device])
 
     def _prepare(self):
         import air_core
@@ -607,32 +795,50 @@ class FitWidget(_JobWidget):
         layer = self.image.value
         if layer is None:
             raise ValueError("no image layer: open an image first")
-        plane = layer_plane(layer, self._viewer)
+        planes = _planes(self, layer)
+        plane = planes.plane
         _check_plane_size(plane, 2)
-        image, note = core_image(plane)
         n, steps = int(self.num_gaussians.value), int(self.steps.value)
         mode, loss, seed, device = self.mode.value, self.loss.value, int(self.seed.value), str(self.device.value)
+        notes: list[str] = []
 
         def work(progress):
-            result = air_core.fit(image, n, steps, mode=mode, loss=loss, seed=seed, device=device,
-                                  log_every=max(1, steps // 100), progress=progress)
-            if result.stopped == "cancelled":
-                return _Failed(_Cancelled())
-            gray = image.ndim == 2 or image.shape[-1] == 1
-            g = result.gaussians.detach().to("cpu")
-            return {"result": result, "gaussians": g, "render": image_from_render(result.render, gray),
-                    "gray": gray}
+            per = []
+            for i, data in enumerate(planes.data):
+                image, note = core_image(Plane(data, plane.rgb, plane.geometry, plane.index, plane.contrast_limits,
+                                               plane.name))
+                if note and note not in notes:
+                    notes.append(note)
+                result = air_core.fit(image, n, steps, mode=mode, loss=loss, seed=seed, device=device,
+                                      log_every=max(1, steps // 100),
+                                      progress=_plane_progress(progress, i, len(planes)))
+                if result.stopped == "cancelled":
+                    return _Failed(_Cancelled())
+                gray = image.ndim == 2 or image.shape[-1] == 1
+                per.append({"result": result, "gaussians": result.gaussians.detach().to("cpu"),
+                            "render": image_from_render(result.render, gray), "gray": gray})
+            return {"per": per, "render": planes.stack([p["render"] for p in per])}
 
         def done(out):
-            result, src = out["result"], plane.name
-            meta = {META_GAUSSIANS: out["gaussians"], META_SOURCE: src, META_METRICS: dict(result.metrics)}
+            per = out["per"]
+            cur, src = per[planes.current], plane.name
+            result = cur["result"]
+            meta = {META_GAUSSIANS: cur["gaussians"], META_SOURCE: src, META_METRICS: dict(result.metrics)}
             if plane.index:
                 meta["air_plane_index"] = plane.index
-            upsert_layer(self._viewer, out["render"], {"name": f"{src} [fit]", "rgb": not out["gray"],
+            if planes.all:
+                meta["air_gaussians_planes"] = [p["gaussians"] for p in per]
+                meta["air_metrics_planes"] = [dict(p["result"].metrics) for p in per]
+                meta["air_plane_indices"] = list(planes.indices)
+            upsert_layer(self._viewer, out["render"], {"name": f"{src} [fit]", "rgb": not cur["gray"],
                                                        "metadata": meta, "contrast_limits": (0.0, 1.0),
-                                                       **plane.geometry.kwargs()}, "image")
-            extra = f"{len(out['gaussians'])} Gaussians, {result.steps} steps, {result.time_s:.2f} s"
-            self.results.value = _metrics_text(result.metrics, extra + (f"\n{note}" if note else ""))
+                                                       **planes.geometry.kwargs()}, "image")
+            extra = f"{len(cur['gaussians'])} Gaussians, {result.steps} steps, {result.time_s:.2f} s"
+            if planes.all:
+                mean = float(np.mean([p["result"].metrics["psnr"] for p in per]))
+                extra = (f"plane {planes.current + 1} of {len(per)} shown; mean PSNR over the planes "
+                         f"{mean:.2f} dB\n" + extra)
+            self.results.value = _metrics_text(result.metrics, "\n".join([extra, *notes]))
 
         return work, done
 

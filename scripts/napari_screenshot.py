@@ -5,9 +5,16 @@ Usage (needs a display; on a headless machine run it under Xvfb):
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/napari_screenshot.py
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/napari_screenshot.py --tiny --crop 128
 
-The shipped predictor weights are used unless ``--tiny`` is given (a small untrained model, for a layout
-check only) or ``--weights PATH`` names another file. The viewer shows the input, the reconstruction, the
-error map and the stage masks side by side (napari's grid mode) and the widget with PSNR / SSIM.
+The shipped predictor weights (air_core/predictor/weights/air_ps7_s4.safetensors) are used unless ``--tiny``
+is given (a small untrained model, for a layout check only) or ``--weights PATH`` names another file. The
+viewer shows the input, the reconstruction, the per-stage renders, the error map, the stage masks and the
+Gaussian centres side by side (napari's grid mode, one cell each; the stage slider at ``--show-stage``) and
+the widget with PSNR / SSIM.
+
+Every cell is checked before the screenshot is written: an (almost) black cell is an error. (The first
+docs/napari_reconstruct.png had a blank "[AIR stages]" cell: it was taken with a predictor whose
+feed-forward stage-1 render was almost black, the refinement hiding it in "[AIR]"; napari itself drew the
+hidden-then-shown 4D RGB layer correctly.)
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ def main() -> None:
     parser.add_argument("--stages", type=int, default=4)
     parser.add_argument("--refine-steps", type=int, default=0)
     parser.add_argument("--size", default="1600x1000", help="window size WxH")
+    parser.add_argument("--show-stage", type=int, default=0,
+                        help="the stage shown by the per-stage renders and masks, 1-based (0: the last)")
     args = parser.parse_args()
 
     import napari
@@ -40,6 +49,13 @@ def main() -> None:
         h, w = image.shape[:2]
         y0, x0 = (h - args.crop) // 2 - h // 4, (w - args.crop) // 2
         image = image[max(0, y0):max(0, y0) + args.crop, x0:x0 + args.crop]
+    if not args.tiny and not args.weights:
+        from air_core.predictor.model import PRETRAINED_PATH
+
+        if not PRETRAINED_PATH.is_file():
+            raise SystemExit(f"the shipped predictor weights are missing ({PRETRAINED_PATH}); "
+                             "pass --weights PATH or --tiny")
+        print(f"weights: {PRETRAINED_PATH}")
     if args.tiny:
         import torch
         from air_core.predictor.model import AIRPredictor
@@ -66,14 +82,22 @@ def main() -> None:
         raise SystemExit(widget.last_error)
     for layer in viewer.layers:
         layer.visible = True
+        layer.refresh()
     viewer.layers["astronaut [AIR stage masks]"].opacity = 1.0
-    viewer.dims.set_current_step(0, 0)  # stage 1 of the per-stage renders and masks
+    stages = viewer.layers["astronaut [AIR stages]"].data.shape[0]
+    shown = (args.show_stage or stages) - 1
+    viewer.dims.set_current_step(0, min(max(shown, 0), stages - 1))  # the stage of the per-stage renders, masks
     viewer.layers.selection.active = viewer.layers["astronaut [AIR]"]
     viewer.grid.enabled = True
     viewer.grid.shape = (2, 3)
     _settle(QApplication)
     viewer.reset_view()
     _settle(QApplication)
+    blank = _blank_cells(viewer, np.asarray(viewer.screenshot(canvas_only=True)), (2, 3))
+    if blank and not args.tiny:
+        raise SystemExit(f"blank grid cell(s) {blank}: not writing {args.out} (untrained weights? try --show-stage)")
+    if blank:  # the untrained --tiny model renders almost black: a layout check only
+        print(f"note: blank grid cell(s) {blank} (the untrained --tiny model)")
     try:  # close the notification toasts (e.g. napari's PyQt5 deprecation notice) that would cover the canvas
         from napari._qt.dialogs.qt_notification import NapariQtNotification
 
@@ -86,6 +110,21 @@ def main() -> None:
     viewer.screenshot(args.out, canvas_only=False)
     print(f"wrote {args.out}: {widget.results.value.splitlines()[0]}")
     viewer.close()
+
+
+def _blank_cells(viewer, shot, shape) -> list[tuple[int, int]]:
+    """(row, column) of the grid cells of the canvas screenshot that are (almost) uniformly black."""
+    import numpy as np
+
+    rows, cols = shape
+    h, w = shot.shape[:2]
+    out = []
+    for k in range(min(len(viewer.layers), rows * cols)):
+        r, c = divmod(k, cols)
+        cell = shot[r * h // rows:(r + 1) * h // rows, c * w // cols:(c + 1) * w // cols, :3].astype(np.float32)
+        if cell.max() < 24 or cell.std() < 2:
+            out.append((r, c))
+    return out
 
 
 def _settle(app, seconds: float = 1.0) -> None:

@@ -3,6 +3,9 @@
 Run with ``xvfb-run -a -s "-screen 0 1280x1024x24" python -m pytest tests/test_napari_plugin.py``.
 Every job runs on small crops of a real photo (scikit-image's astronaut) with a tiny untrained
 predictor (``napari_air._widgets.DEFAULT_MODEL``), so the file needs no shipped weights.
+
+Without a display or the GUI stack the file is skipped, unless ``AIR_REQUIRE_GUI`` is set (scripts/test.sh
+sets it under CI): then the missing piece is an error, not a silent skip.
 """
 
 from __future__ import annotations
@@ -12,13 +15,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
+REQUIRE_GUI = os.environ.get("AIR_REQUIRE_GUI", "") not in ("", "0")
 if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    if REQUIRE_GUI:
+        raise RuntimeError("AIR_REQUIRE_GUI is set but there is no display (run under xvfb-run)")
     pytest.skip("napari tests need a display (run under xvfb-run)", allow_module_level=True)
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
+if REQUIRE_GUI:
+    import napari  # noqa: F401 - an ImportError fails the run
+    import pytestqt  # noqa: F401
+else:
+    pytest.importorskip("napari")
+    pytest.importorskip("pytestqt")
 
 import air_core  # noqa: E402
 
@@ -123,10 +136,21 @@ def test_reconstruct_widget_outputs_bound_to_input_and_rerun_updates(make_napari
     w.image.value = layer
     w.stages.value = 4
     worker = w.run()
+    reports = []
+    worker.yielded.connect(lambda r: r is not None and reports.append(r))
+    bar = []
+    worker.yielded.connect(lambda r: w._pbar is not None and bar.append(w._pbar.n))
     viewer.layers.selection.active = other  # the result must still go to "crop"
     w.image.value = other
     qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
     assert worker is not None and w.last_error is None, w.last_error
+    # progress advances: one report per stage at least, increasing, and the bar follows
+    fractions = [f for f, _m in reports]
+    stage_reports = [f for f, m in reports if m.startswith("stage")]
+    assert len(stage_reports) >= 4, reports
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0, abs=0.01), reports
+    assert len(set(stage_reports)) >= 4, reports
+    assert bar == sorted(bar) and len(set(bar)) >= 4 and bar[-1] >= 99, bar
 
     rec = viewer.layers["crop [AIR]"]
     assert rec.data.shape == (64, 64, 3) and rec.rgb
@@ -172,7 +196,8 @@ def test_reconstruct_widget_outputs_bound_to_input_and_rerun_updates(make_napari
     assert air_core.psnr(back.data, rec.data) > 30
     viewer.layers.remove(back)
 
-    # re-run (fewer stages, no extras): the same layers are updated, nothing piles up
+    # re-run (fewer stages, no extras): the same layers are updated, the switched-off outputs' layers of
+    # the first run are removed (no stale layer), nothing piles up
     w.image.value = layer
     w.stages.value = 1
     w.out_stages.value = w.out_error.value = w.out_masks.value = False
@@ -181,7 +206,7 @@ def test_reconstruct_widget_outputs_bound_to_input_and_rerun_updates(make_napari
     w.ssim_threshold.value = 2.0
     _run(qtbot, w)
     assert w.last_error is None, w.last_error
-    assert [lay.name for lay in viewer.layers] == names
+    assert [lay.name for lay in viewer.layers] == ["crop", "other", "crop [AIR]", "crop [AIR centres]"]
     assert viewer.layers["crop [AIR]"].metadata["air_keep"].shape == (1, 10, 10)
     assert len(viewer.layers["crop [AIR]"].metadata["air_gaussians"]) == 0
     assert len(viewer.layers["crop [AIR centres]"].data) == 0
@@ -202,13 +227,30 @@ def test_reconstruct_cancel_leaves_viewer_unchanged(make_napari_viewer, qtbot, t
     w.refine_steps.value = 5000  # long enough to be cancelled
     names = [lay.name for lay in viewer.layers]
     w.run()
-    qtbot.waitUntil(lambda: w.status.value.startswith("stage"), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: w.status.value.startswith("refine"), timeout=WAIT_MS)
+    helper = w.job["thread"]
+    assert isinstance(helper, threading.Thread) and helper.is_alive()
+    cancelled_at = time.perf_counter()
     w.cancel()
+    # the job is over only when the computation is: Run stays disabled meanwhile
+    assert w.running and not w.run_button.enabled and w.status.value.startswith("cancelling")
     qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    stopped_in = time.perf_counter() - cancelled_at
+    assert not helper.is_alive() and w.job["outcome"] == "ReconstructCancelled", w.job
+    assert stopped_in < 5.0, stopped_in  # a full run (5000 refinement steps) takes far longer
     qtbot.wait(200)
     assert [lay.name for lay in viewer.layers] == names
     assert w.last_error is None and w.status.value == "cancelled"
     assert w.run_button.enabled and not w.cancel_button.enabled
+
+    # closing the dock widget cancels a running job
+    w.run()
+    qtbot.waitUntil(lambda: w.status.value.startswith("refine"), timeout=WAIT_MS)
+    helper = w.job["thread"]
+    viewer.window.remove_dock_widget(w.native)
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    assert not helper.is_alive() and w.job["outcome"] == "ReconstructCancelled", w.job
+    assert [lay.name for lay in viewer.layers] == names
 
 
 def test_bad_input_gives_notifications(make_napari_viewer, qtbot, tiny_model, photo, monkeypatch):
@@ -240,16 +282,36 @@ def test_bad_input_gives_notifications(make_napari_viewer, qtbot, tiny_model, ph
     _run(qtbot, w)
     assert w.last_error and "weights are not installed" in w.last_error
 
-    # labels as the JBU guidance
+    # the JBU guidance offers image layers only
     j = _open(viewer, "Upsample with JBU")
     viewer.add_labels(np.zeros((16, 16), np.uint8), name="labels")
     j.reset_choices()
-    j.low.value = viewer.layers["tile"]
-    j.guidance.value = viewer.layers["labels"]
-    assert j.run() is None and "labels layer" in j.last_error
+    assert "labels" not in [c.name for c in j.guidance.choices]
+    assert "labels" in [c.name for c in j.low.choices]
 
-    assert len(_errors()) == n_errors + 5
-    assert [lay.name for lay in viewer.layers] == ["strip", "dot", "tile", "labels"]
+    # an unexpected exception in _prepare: a notification (traceback on the console), no dialog
+    def boom():
+        raise RuntimeError("boom")
+
+    w._prepare = boom  # (an instance attribute: magicgui's Container cannot delete through monkeypatch)
+    assert w.run() is None and "RuntimeError" in w.last_error and "boom" in w.last_error
+    del w.__dict__["_prepare"]
+
+    # a 3D display, rolled dims, a rotated layer: refused with a clear message
+    stack = viewer.add_image(np.zeros((3, 16, 16), np.float32), name="vol")
+    w.reset_choices()
+    w.image.value = stack
+    viewer.dims.ndisplay = 3
+    assert w.run() is None and "3D display" in w.last_error
+    viewer.dims.ndisplay = 2
+    viewer.dims.order = (1, 0, 2)  # the plane shown is (z, x), not the last two axes
+    assert w.run() is None and "last two axes" in w.last_error
+    viewer.dims.order = (0, 1, 2)
+    stack.rotate = 30
+    assert w.run() is None and "rotation" in w.last_error
+
+    assert len(_errors()) == n_errors + 8
+    assert [lay.name for lay in viewer.layers] == ["strip", "dot", "tile", "labels", "vol"]
 
 
 # -- Render at scale, reader / writer ------------------------------------------------------------------------------
@@ -354,11 +416,26 @@ def test_jbu_widget_labels_and_features(make_napari_viewer, qtbot, photo):
 
     j.low.value = viewer.layers["feats"]
     j.map_type.value = "probabilities"
+    j.channels.value = True  # [C, h, w]: the channels axis is explicit
     _run(qtbot, j)
     assert j.last_error is None, j.last_error
     probs = viewer.layers["feats [JBU]"]
     assert probs.data.shape == (2, 64, 64)
     np.testing.assert_allclose(probs.data.sum(0), 1.0, atol=1e-4)
+
+    # without 'channels axis', a gray volume [Z, h, w] is an nD layer: the plane shown is upsampled
+    vol = np.stack([gray[::4, ::4], 255 - gray[::4, ::4]]).astype(np.float32) / 255.0  # [2, 16, 16]
+    viewer.add_image(vol, name="vol", scale=(7.0, 4.0, 4.0))
+    viewer.dims.set_point(0, 7.0)  # world z of plane 1 ("feats" also spans z, with step 1)
+    j.reset_choices()
+    j.low.value = viewer.layers["vol"]
+    j.map_type.value = "features"
+    j.channels.value = False
+    _run(qtbot, j)
+    assert j.last_error is None, j.last_error
+    up = viewer.layers["vol [JBU]"]
+    assert up.data.shape == (64, 64)  # the guidance is 2D: a 2D output
+    assert np.corrcoef(up.data[::4, ::4].ravel(), vol[1].ravel())[0, 1] > 0.8
 
 
 # -- Fit ----------------------------------------------------------------------------------------------------------
@@ -367,8 +444,9 @@ def test_jbu_widget_labels_and_features(make_napari_viewer, qtbot, photo):
 def test_fit_widget_on_the_current_plane_of_a_stack(make_napari_viewer, qtbot, photo):
     viewer = make_napari_viewer()
     stack = np.stack([photo[:32, :32, 0], photo[32:, 32:, 1]])  # [2, 32, 32] gray planes
-    stack_layer = viewer.add_image(stack, name="stack", scale=(5.0, 3.0, 3.0), translate=(0.0, 1.0, 2.0))
-    viewer.dims.set_current_step(0, 5.0)  # world coordinate of plane 1
+    stack_layer = viewer.add_image(stack, name="stack", scale=(5.0, 3.0, 3.0), translate=(0.0, 1.0, 2.0),
+                                   units=("mm", "um", "um"), axis_labels=("z", "y", "x"))
+    viewer.dims.set_current_step(0, 1)  # plane 1 (napari 0.6+: world z in um here)
     f = _open(viewer, "Fit Gaussians")
     f.num_gaussians.value = 80
     f.steps.value = 40
@@ -376,19 +454,114 @@ def test_fit_widget_on_the_current_plane_of_a_stack(make_napari_viewer, qtbot, p
     _run(qtbot, f)
     assert f.last_error is None, f.last_error
     fit_layer = viewer.layers["stack [fit]"]
-    assert fit_layer.data.shape == (32, 32) and not fit_layer.rgb
-    np.testing.assert_allclose(fit_layer.scale, (3.0, 3.0))
-    np.testing.assert_allclose(fit_layer.translate, (1.0, 2.0))
+    # one plane, kept on its z: the leading axis has length 1, translated to plane 1's world position
+    assert fit_layer.data.shape == (1, 32, 32) and not fit_layer.rgb
+    np.testing.assert_allclose(fit_layer.scale, (5.0, 3.0, 3.0))
+    np.testing.assert_allclose(fit_layer.translate, (5.0, 1.0, 2.0))
+    assert tuple(fit_layer.axis_labels) == ("z", "y", "x")
+    assert tuple(str(u) for u in fit_layer.units) == tuple(str(u) for u in stack_layer.units)
     assert fit_layer.metadata["air_plane_index"] == (1,)
     psnr = fit_layer.metadata["air_metrics"]["psnr"]
     assert psnr > 12 and f"PSNR {psnr:.2f} dB" in f.results.value
-    assert psnr == pytest.approx(air_core.psnr(fit_layer.data, stack[1] / 255.0), abs=0.05)
+    assert psnr == pytest.approx(air_core.psnr(fit_layer.data[0], stack[1] / 255.0), abs=0.05)
     assert len(fit_layer.metadata["air_gaussians"]) == 80
     np.testing.assert_array_equal(stack_layer.data, stack)
 
+    # all planes: a stack of the same geometry
+    f.planes.value = "all planes"
+    _run(qtbot, f)
+    assert f.last_error is None, f.last_error
+    fit_layer = viewer.layers["stack [fit]"]
+    assert fit_layer.data.shape == (2, 32, 32)
+    np.testing.assert_allclose(fit_layer.scale, (5.0, 3.0, 3.0))
+    np.testing.assert_allclose(fit_layer.translate, (0.0, 1.0, 2.0))
+    for z in range(2):
+        assert air_core.psnr(fit_layer.data[z], stack[z] / 255.0) > 12
+    assert len(fit_layer.metadata["air_gaussians_planes"]) == 2
 
-def test_empty_plane_is_refused():
-    """napari cannot even hold a 0 x 0 image layer; the plugin's own check still refuses one."""
+
+def test_reconstruct_all_planes_of_a_stack(make_napari_viewer, qtbot, tiny_model, photo):
+    viewer = make_napari_viewer()
+    stack = np.stack([photo[:32, :32, 0], photo[32:, 32:, 1], photo[16:48, 16:48, 2]])  # [3, 32, 32] gray
+    layer = viewer.add_image(stack, name="stack", scale=(5.0, 0.5, 0.5), translate=(10.0, 1.0, 2.0),
+                             units=("mm", "um", "um"), axis_labels=("z", "y", "x"))
+    viewer.dims.set_current_step(0, 1)  # plane 1
+    w = _open(viewer, "Reconstruct with AIR")
+    w.image.value = layer
+    w.stages.value = 2
+    w.planes.value = "all planes"
+    worker = w.run()
+    reports = []
+    worker.yielded.connect(lambda r: r is not None and reports.append(r))
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    assert w.last_error is None, w.last_error
+    fractions = [f for f, _m in reports]
+    assert fractions == sorted(fractions), reports
+    for i in (1, 2, 3):
+        assert any(m.startswith(f"plane {i}/3") for _f, m in reports), reports
+    assert any(f >= 2 / 3 and m.startswith("plane 3/3") for f, m in reports)
+
+    rec = viewer.layers["stack [AIR]"]
+    assert rec.data.shape == (3, 32, 32)
+    np.testing.assert_allclose(rec.scale, (5.0, 0.5, 0.5))
+    np.testing.assert_allclose(rec.translate, (10.0, 1.0, 2.0))
+    assert tuple(rec.axis_labels) == ("z", "y", "x")
+    assert tuple(str(u) for u in rec.units) == tuple(str(u) for u in layer.units)
+    meta = rec.metadata
+    assert len(meta["air_gaussians_planes"]) == 3 and meta["air_plane_indices"] == [(0,), (1,), (2,)]
+    assert meta["air_plane_index"] == (1,)  # air_gaussians: the plane shown at the start
+    assert np.array_equal(meta["air_gaussians"].means.numpy(), meta["air_gaussians_planes"][1].means.numpy())
+    for z in range(3):
+        assert air_core.psnr(rec.data[z], stack[z] / 255.0) == pytest.approx(
+            meta["air_metrics_planes"][z]["psnr"], abs=0.05)
+    stages = viewer.layers["stack [AIR stages]"]
+    assert stages.data.shape == (2, 3, 32, 32)  # the stage axis first: z stays aligned with the input's
+    np.testing.assert_allclose(stages.scale, (1.0, 5.0, 0.5, 0.5))
+    assert tuple(stages.axis_labels) == ("stage", "z", "y", "x")
+    assert viewer.layers["stack [AIR error]"].data.shape == (3, 32, 32)
+    masks = viewer.layers["stack [AIR stage masks]"]
+    assert masks.data.shape == (2, 3, 5, 5)
+    np.testing.assert_allclose(masks.translate, (0.0, 10.0, 1.0 + 0.5 * 3, 2.0 + 0.5 * 3))
+    pts = viewer.layers["stack [AIR centres]"]
+    assert pts.data.shape[1] == 3 and len(pts.data) == sum(len(g) for g in meta["air_gaussians_planes"])
+    assert set(np.unique(pts.data[:, 0])) <= {0.0, 1.0, 2.0}
+    np.testing.assert_allclose(pts.scale, (5.0, 0.5, 0.5))
+    np.testing.assert_array_equal(layer.data, stack)
+
+    # the current plane only: a one-plane stack drawn at plane 1's z; render it at scale 2 there
+    w.planes.value = "current plane"
+    _run(qtbot, w)
+    assert w.last_error is None, w.last_error
+    rec = viewer.layers["stack [AIR]"]
+    assert rec.data.shape == (1, 32, 32)
+    np.testing.assert_allclose(rec.translate, (15.0, 1.0, 2.0))
+    assert viewer.layers["stack [AIR stages]"].data.shape == (2, 1, 32, 32)
+    r = _open(viewer, "Render at scale")
+    r.source.value = rec
+    r.scale.value = 2.0
+    _run(qtbot, r)
+    assert r.last_error is None, r.last_error
+    out = viewer.layers["stack [AIR] [render]"]
+    assert out.data.shape == (1, 64, 64)
+    np.testing.assert_allclose(out.scale, (5.0, 0.25, 0.25))
+    np.testing.assert_allclose(out.translate[0], 15.0)
+
+
+def test_empty_layer_is_refused(make_napari_viewer, qtbot, tiny_model):
+    """An empty layer through the real widget when napari can hold one; else the plugin's own check."""
+    from napari.layers import Image
+
+    try:
+        empty = Image(np.zeros((0, 16, 16), np.float32), name="empty")
+    except ValueError:  # napari (0.5 - 0.9) cannot hold an empty image layer: check the plugin's refusal
+        empty = None
+    if empty is not None:
+        viewer = make_napari_viewer()
+        viewer.add_layer(empty)
+        w = _open(viewer, "Reconstruct with AIR")
+        w.image.value = empty
+        assert w.run() is None and "empty" in w.last_error
+        return
     from types import SimpleNamespace
 
     from napari_air._layers import layer_plane
@@ -398,3 +571,39 @@ def test_empty_plane_is_refused():
                            contrast_limits=(0.0, 1.0))
     with pytest.raises(ValueError, match="empty"):
         layer_plane(fake)
+
+
+def test_open_without_plugin_argument(make_napari_viewer, photo, tmp_path, monkeypatch):
+    """How napari picks a reader (napari 0.5+):
+
+    * ``viewer.open(path, plugin=None)`` (what File > Open and drag-and-drop do): ``.air`` has no other
+      reader, so ours opens it; ``.npz`` is also claimed by napari's builtins, so napari raises
+      MultipleReaderError (the GUI asks which reader, and can remember the choice), unless the
+      preference ``plugins.extension2reader["*.npz"] = "napari-air"`` is set.
+    * ``viewer.open(path)`` from Python defaults to ``plugin="napari"`` (the builtins): it refuses ``.air``
+      and reads an ``.npz`` as plain arrays; pass ``plugin="napari-air"``.
+    """
+    from napari.settings import get_settings
+
+    crop = photo[:24, :24]
+    path, _fitted = _gaussians_file(tmp_path, crop)
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(path), plugin=PLUGIN)[0]
+    air = tmp_path / "fitted.air"
+    layer.save(str(air), plugin=PLUGIN)
+    viewer.layers.clear()
+
+    opened = viewer.open(str(air), plugin=None)
+    assert len(opened) == 1 and "air_gaussians" in opened[0].metadata and opened[0].data.shape == (24, 24, 3)
+    with pytest.raises(ValueError, match="napari-air"):
+        viewer.open(str(air))  # plugin="napari" by default: the builtins cannot read .air
+
+    with pytest.raises(Exception) as info:
+        viewer.open(str(path), plugin=None)
+    assert type(info.value).__name__ == "MultipleReaderError" and PLUGIN in str(info.value)
+    settings = get_settings()
+    monkeypatch.setattr(settings, "_save_on_change", False)  # never write the user's settings file
+    monkeypatch.setattr(settings.plugins, "extension2reader",
+                        {**settings.plugins.extension2reader, "*.npz": PLUGIN})
+    opened = viewer.open(str(path), plugin=None)
+    assert len(opened) == 1 and "air_gaussians" in opened[0].metadata
