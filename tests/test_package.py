@@ -27,3 +27,27 @@ def test_napari_manifest_is_discovered_and_valid():
 
     (data, meta), = astronaut()
     assert data.shape == (512, 512, 3) and meta["rgb"] is True
+
+
+def test_wheel_ships_manifest_weights_and_entry_point(tmp_path):
+    """A wheel (not only the editable install) carries the napari manifest as a real file, the napari
+    entry point, the predictor weights and the Blender manifest."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path), str(root)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next(tmp_path.glob("*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        manifest = z.read("napari_air/napari.yaml").decode()
+        entry_points = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+        weights = z.getinfo("air_core/predictor/weights/air_ps7_s4.safetensors")
+    assert "name: napari-air" in manifest and "napari/layers/filter" in manifest
+    assert "napari-air = napari_air:napari.yaml" in entry_points
+    assert weights.file_size > 1_000_000
+    assert "blender_addon/blender_manifest.toml" in names
