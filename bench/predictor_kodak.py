@@ -98,7 +98,8 @@ def _timed_fit(image: np.ndarray, n: int, budget: float, seed: int = 0) -> dict:
 def run(args: argparse.Namespace) -> None:
     import air_core as air
     from air_core.codec import decode, encode
-    from air_core.predictor import REFINE_LR_SCALE, load_predictor
+    from air_core.predictor import load_predictor
+    from air_core.predictor.api import REFINE_LR_SCALE
 
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {"images": {}}
