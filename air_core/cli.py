@@ -276,6 +276,25 @@ def _write_reconstruction(result, target, folder: Path, record: dict) -> dict:
     return report
 
 
+
+def _reconstruct_with_bar(array, args: argparse.Namespace, dev, model, desc: str):
+    """``reconstruct`` one image with a tqdm percentage bar (``--stages``, ``--refine-steps``, ``--seed``)."""
+    from tqdm import tqdm
+
+    from .predictor import reconstruct
+
+    bar = tqdm(total=100, unit="%", disable=args.quiet, desc=desc)
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = int(round(100 * fraction))
+        bar.set_postfix_str(message.split("  ")[-1])
+        bar.refresh()
+
+    try:
+        return reconstruct(array, args.stages, args.refine_steps, dev, progress, model=model, seed=args.seed)
+    finally:
+        bar.close()
+
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     import csv
     import io
@@ -323,17 +342,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         raise ValueError(f"--stages must be in 1 .. {model.num_stages} (the model's stages), got {args.stages}")
 
     if not folder_mode:
-        bar = tqdm(total=100, unit="%", disable=args.quiet, desc="reconstruct")
-
-        def progress(fraction: float, message: str) -> None:
-            bar.n = int(round(100 * fraction))
-            bar.set_postfix_str(message.split("  ")[-1])
-            bar.refresh()
-
-        try:
-            result = reconstruct(array, args.stages, args.refine_steps, dev, progress, model=model, seed=args.seed)
-        finally:
-            bar.close()
+        result = _reconstruct_with_bar(array, args, dev, model, "reconstruct")
         out.mkdir(parents=True, exist_ok=True)
         report = _write_reconstruction(result, target, out, {"image": name, "weights": _weights_name(args)})
         m = report["metrics"]
@@ -485,7 +494,6 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     import time
 
     import torch
-    from tqdm import tqdm
 
     from . import codec, images
     from ._device import resolve_device
@@ -526,24 +534,14 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         keep = patch_size = None
         report.update(source="gaussians")
     else:
-        from .predictor import load_predictor, reconstruct
+        from .predictor import load_predictor
 
         array = images.sample_image(args.sample) if args.sample else images.load_image(src)
         target = images.to_tensor(array, argument=name)
         model = load_predictor(args.weights, dev)
         if args.stages is not None and args.stages > model.num_stages:
             raise ValueError(f"--stages must be in 1 .. {model.num_stages} (the model's stages), got {args.stages}")
-        bar = tqdm(total=100, unit="%", disable=args.quiet, desc="encode")
-
-        def progress(fraction: float, message: str) -> None:
-            bar.n = int(round(100 * fraction))
-            bar.set_postfix_str(message.split("  ")[-1])
-            bar.refresh()
-
-        try:
-            result = reconstruct(array, args.stages, args.refine_steps, dev, progress, model=model, seed=args.seed)
-        finally:
-            bar.close()
+        result = _reconstruct_with_bar(array, args, dev, model, "encode")
         g = result.gaussians
         keep, patch_size = result.keep, result.patch_size
         if len(g) != int(keep.sum()):  # not the kept candidates any more: no patch structure to exploit
