@@ -56,3 +56,8 @@ def test_bad_weights_files(tmp_path):
     save_file({"a": torch.zeros(2)}, str(other), metadata={"format": "something-else"})
     with pytest.raises(ValueError, match="not an AIR predictor file"):
         AIRPredictor.from_pretrained(other)
+
+    noconfig = tmp_path / "noconfig.safetensors"
+    save_file({"a": torch.zeros(2)}, str(noconfig), metadata={"format": "air-predictor", "version": "1"})
+    with pytest.raises(ValueError, match="bad predictor config"):
+        AIRPredictor.from_pretrained(noconfig)

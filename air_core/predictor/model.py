@@ -237,12 +237,15 @@ class AIRPredictor(nn.Module):
         if meta.get("version") != _FORMAT_VERSION:
             raise ValueError(f"{path} has predictor file version {meta.get('version')!r}; this air_core reads "
                              f"version {_FORMAT_VERSION}")
-        model = cls(**json.loads(meta["config"]))
+        try:
+            model = cls(**json.loads(meta["config"]))
+            model.training_record = json.loads(meta.get("training", "{}"))
+        except (KeyError, TypeError, ValueError) as exc:  # no / bad JSON / unknown keys / bad values
+            raise ValueError(f"{path}: bad predictor config in the file's metadata: {exc!r}") from None
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise ValueError(f"{path}: weights do not match the stored config: {exc}") from None
-        model.training_record = json.loads(meta.get("training", "{}"))
         return model.to(device).eval()
 
     def _check_image(self, image: Any) -> torch.Tensor:

@@ -11,7 +11,8 @@ air_and_2d_gaussian_images.md, "Predict-Optimize-Distill" and "Finetuning"), in 
   0.7 L1 + 0.3 (1 - SSIM) of R_{s-1} + render(new Gaussians) against the image, with R_{s-1} (the
   previous stages' unrefined render) fixed, so only stage s's new Gaussians move. The loss is the
   distillation term 100 SmoothL1(sigmoid(r_pred), sigmoid(r_refined)) over the kept candidates, summed
-  over stages; the next stage sees the unrefined render.
+  over stages; the next stage sees the unrefined render. (The residual a stage sees is not detached
+  here either, so a stage's distillation term also reaches the earlier stages through it.)
 * **Finetuning** (the remaining ``finetune_steps``). All stages on; loss = sum over stages of
   0.7 L1(R_s, I) + 0.3 (1 - SSIM(R_s, I)); the residual fed to each stage is not detached, so
   gradients cross stages.
@@ -93,14 +94,16 @@ class CropDataset(Dataset):
 
     Each item is a [3, crop, crop] float32 tensor in [0, 1]: a random region of a random photo,
     down-scaled by a random factor in [``min_scale``, 1] (antialiased), randomly flipped, rotated by a
-    multiple of 90 degrees and with its colour channels permuted. Randomness comes from torch's global
-    generator (seeded by Lightning's ``seed_everything(..., workers=True)``), so a seed fixes the stream.
+    multiple of 90 degrees and with its colour channels permuted. Item ``index`` is drawn with its own
+    generator seeded from (``seed``, the DDP process rank, ``index``): a seed fixes the stream, and DDP
+    processes see different crops.
 
     Args:
         dirs: folders of images (PNG / JPEG / TIFF / BMP).
         crop: crop side in pixels, int >= 8.
         length: items per epoch (the crops are random, so an epoch is just a logging unit).
         min_scale: smallest down-scaling factor, in (0, 1].
+        seed: seed of the crop stream.
 
     Raises:
         FileNotFoundError / ValueError: a folder is missing or holds no image; an image is smaller than
@@ -108,7 +111,7 @@ class CropDataset(Dataset):
     """
 
     def __init__(self, dirs: Sequence[str | os.PathLike], crop: int = 128, length: int = 4000,
-                 min_scale: float = 0.5) -> None:
+                 min_scale: float = 0.5, seed: int = 0) -> None:
         if isinstance(crop, bool) or not isinstance(crop, int) or crop < 8:
             raise ValueError(f"crop must be an int >= 8, got {crop!r}")
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
@@ -120,27 +123,31 @@ class CropDataset(Dataset):
         small = [str(p) for p, im in zip(self.files, self.images) if min(im.shape[-2:]) < crop]
         if small:
             raise ValueError(f"crop={crop} is larger than {len(small)} training image(s), e.g. {small[0]}")
-        self.crop, self.length, self.min_scale = crop, length, float(min_scale)
+        self.crop, self.length, self.min_scale, self.seed = crop, length, float(min_scale), int(seed)
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        image = self.images[int(torch.randint(len(self.images), ()))]
+        # one generator per item, from (seed, process rank, index): every DDP process draws its own crops,
+        # and the same seed gives the same crop stream on any number of data-loader workers
+        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + rank) * 1_000_000_007 + int(index))
+        image = self.images[int(torch.randint(len(self.images), (), generator=gen))]
         h, w = image.shape[-2:]
         lo = max(self.min_scale, self.crop / min(h, w))
-        scale = lo + (1 - lo) * float(torch.rand(()))
+        scale = lo + (1 - lo) * float(torch.rand((), generator=gen))
         side = min(h, w, max(self.crop, round(self.crop / scale)))
-        y = int(torch.randint(h - side + 1, ()))
-        x = int(torch.randint(w - side + 1, ()))
+        y = int(torch.randint(h - side + 1, (), generator=gen))
+        x = int(torch.randint(w - side + 1, (), generator=gen))
         patch = image[:, y:y + side, x:x + side].float().div_(255)
         if side != self.crop:
             patch = F.interpolate(patch[None], size=(self.crop, self.crop), mode="bilinear",
                                   antialias=True, align_corners=False)[0].clamp_(0, 1)
-        if bool(torch.rand(()) < 0.5):
+        if bool(torch.rand((), generator=gen) < 0.5):
             patch = patch.flip(-1)
-        patch = torch.rot90(patch, int(torch.randint(4, ())), (-2, -1))
-        patch = patch[torch.randperm(3)]
+        patch = torch.rot90(patch, int(torch.randint(4, (), generator=gen)), (-2, -1))
+        patch = patch[torch.randperm(3, generator=gen)]
         return patch.contiguous()
 
 
@@ -327,6 +334,13 @@ class AIRLightningModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def _write_json(path: Path, data: Any) -> None:
+    from .._io import atomic_write
+
+    with atomic_write(path, "w") as handle:
+        json.dump(data, handle, indent=2)
+
+
 def _hardware() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
@@ -350,8 +364,10 @@ def train(config: TrainConfig, resume: bool = False, progress_bar: bool = True) 
 
     Args:
         config: a :class:`TrainConfig`.
-        resume: continue from ``checkpoints/last.ckpt`` (the optimiser, scheduler, step and RNG state
-            come back with it).
+        resume: continue from ``checkpoints/last.ckpt`` (weights, optimiser, scheduler and step come
+            back with it; the crop stream starts again from its beginning, as Lightning does not restore
+            a mid-epoch data loader, and the current ``config`` is used, e.g. a new ``finetune_steps``).
+            ``wall_time_s`` in the record is this call's time only.
         progress_bar: Lightning's progress bar.
 
     Returns:
@@ -370,10 +386,11 @@ def train(config: TrainConfig, resume: bool = False, progress_bar: bool = True) 
     if resume and not last.is_file():
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {last}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:
+        _write_json(out / "config.json", asdict(cfg))
     L.seed_everything(cfg.seed, workers=True)
 
-    data = CropDataset(cfg.train_dirs, crop=cfg.crop,
+    data = CropDataset(cfg.train_dirs, crop=cfg.crop, seed=cfg.seed,
                        length=max(cfg.batch_size, (cfg.pod_steps + cfg.finetune_steps) * cfg.batch_size))
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
                         drop_last=True, persistent_workers=cfg.num_workers > 0)
@@ -416,7 +433,7 @@ def train(config: TrainConfig, resume: bool = False, progress_bar: bool = True) 
                 plot_loss_curves(csvs, out / "loss_curves.png", pod_steps=cfg.pod_steps)
             except ImportError:
                 pass
-        (out / "train_record.json").write_text(json.dumps(record, indent=2))
+        _write_json(out / "train_record.json", record)
     return record
 
 
