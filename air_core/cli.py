@@ -93,6 +93,18 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser)
 
 
+
+def _add_predictor_options(parser: argparse.ArgumentParser) -> None:
+    """The options ``air reconstruct`` and ``air encode`` share: stages, refinement, weights, seed, device."""
+    parser.add_argument("--stages", type=_positive_int, default=None,
+                        help="predictor stages to run, 1 .. the model's (default: all, 4 for the shipped weights)")
+    parser.add_argument("--refine-steps", type=int, default=0, metavar="K",
+                        help="per-image optimisation steps after the prediction (default 0)")
+    parser.add_argument("--weights", metavar="PATH", default=None,
+                        help="predictor weights (.safetensors; default: the shipped ones)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the refinement")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="air", description="Gaussian-splat image toolkit (AIR).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_LazyParser)
@@ -117,14 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("input", nargs="?", metavar="IMAGE|DIR",
                      help="an image file, or a folder of images (" + ", ".join(IMAGE_SUFFIXES) + "; not recursive)")
     src.add_argument("--sample", metavar="NAME", help="a photo shipped with scikit-image, e.g. astronaut")
-    rc.add_argument("--stages", type=_positive_int, default=None,
-                    help="predictor stages to run, 1 .. the model's (default: all, 4 for the shipped weights)")
-    rc.add_argument("--refine-steps", type=int, default=0, metavar="K",
-                    help="per-image optimisation steps after the prediction (default 0)")
-    rc.add_argument("--weights", metavar="PATH", default=None,
-                    help="predictor weights (.safetensors; default: the shipped ones)")
-    rc.add_argument("--seed", type=int, default=0)
-    rc.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_predictor_options(rc)
     rc.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
     rc.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -149,18 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "'air fit' / 'air reconstruct' (compressed as it is, free layout)")
     src.add_argument("--sample", metavar="NAME", help="a photo shipped with scikit-image, e.g. astronaut")
     e.add_argument("-o", "--output", required=True, help="output .air file")
-    e.add_argument("--stages", type=_positive_int, default=None,
-                   help="predictor stages to run, 1 .. the model's (default: all, 4 for the shipped weights)")
-    e.add_argument("--refine-steps", type=int, default=0, metavar="K",
-                   help="per-image optimisation steps after the prediction (default 0)")
-    e.add_argument("--weights", metavar="PATH", default=None,
-                   help="predictor weights (.safetensors; default: the shipped ones)")
+    _add_predictor_options(e)
     e.add_argument("--bits", metavar="NAME=INT", nargs="+", action="extend", default=None,
                    help="quantizer bits per channel or group, 1..16, e.g. --bits colour=6 scale=6 (names: "
                         "offset_x, offset_y, pos_x, pos_y, position, scale_1, scale_2, scale, angle, colour_y, "
                         "colour_cb, colour_cr, colour, opacity; see air_core.codec); give INPUT before --bits")
-    e.add_argument("--seed", type=int, default=0, help="seed of the refinement")
-    e.add_argument("--device", default="auto", help="auto, cpu or cuda")
     e.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
 
