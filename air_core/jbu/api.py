@@ -14,8 +14,8 @@ from .._device import resolve_device
 from ..images import to_tensor
 from ._checks import check_chunk_bytes, check_finite, check_positive_number, check_size, describe
 from .adaptive_conv import default_chunk_bytes
-from .classical import apply_classical_kernel, classical_kernel
-from .learned import JBUStack
+from .classical import apply_classical_kernel, check_guidance_blur, classical_kernel
+from .learned import JBUStack, convex_kernel
 
 __all__ = ["jbu_upsample", "METHODS", "MAP_TYPES"]
 
@@ -71,7 +71,7 @@ def _output_size(feature_size: tuple[int, int], guidance_size: tuple[int, int], 
 
 def _operator(method: str, guidance: torch.Tensor, feature_size: tuple[int, int], size: tuple[int, int],
               model: JBUStack | None, channel_agnostic: bool, sigma_spatial: float, sigma_range: float,
-              radius: int | None, budget: int) -> _Operator:
+              radius: int | None, guidance_blur: float, budget: int) -> _Operator:
     """A function [B, c, h, w] -> [B, c, H, W] for the method; kernels depend on the guidance alone and
     are computed here, once, for every channel chunk the function is later applied to."""
     if method in ("bilinear", "bicubic"):
@@ -80,30 +80,13 @@ def _operator(method: str, guidance: torch.Tensor, feature_size: tuple[int, int]
         return lambda x: F.interpolate(x, size=size, mode="nearest-exact")
     if method == "classical":
         kernel = classical_kernel(guidance, feature_size, size, sigma_spatial=sigma_spatial,
-                                  sigma_range=sigma_range, radius=radius)
+                                  sigma_range=sigma_range, radius=radius, guidance_blur=guidance_blur)
         return lambda x: apply_classical_kernel(x, kernel, max_chunk_bytes=budget)
     kernels = model.kernels(guidance, feature_size, size)
     if channel_agnostic:
-        kernels = [_convex(k) for k in kernels]
+        kernels = [convex_kernel(k) for k in kernels]
     return lambda x: model.apply(x.to(kernels[0].dtype), kernels, channel_agnostic=channel_agnostic,
                                  max_chunk_bytes=budget).to(x.dtype)
-
-
-def _convex(kernel: torch.Tensor) -> torch.Tensor:
-    """A learned stage's kernel [B, H, W, k, k] made a convex combination (clamped at 0, summing to 1).
-
-    FeatUp adds its refinement MLP's output to the normalised kernel without renormalising, so a trained
-    kernel may have negative taps and a sum far from 1 (even negative: seen on a stack trained for 16x).
-    That is harmless in a learned feature space but wrong for probability and label maps, whose
-    upsampled values must stay a weighted vote of the low-resolution ones (a negative sum would invert a
-    label map's argmax). Pixels whose clamped kernel vanishes keep their centre tap.
-    """
-    k = kernel.clamp_min(0)
-    total = k.sum((-2, -1), keepdim=True)
-    centre = torch.zeros_like(k)
-    r = k.shape[-1] // 2
-    centre[..., r, r] = 1.0
-    return torch.where(total > 1e-12, k / total.clamp_min(1e-12), centre)
 
 
 def _prepare_model(model: Any, dev: torch.device, guidance: torch.Tensor) -> tuple[JBUStack, torch.Tensor]:
@@ -167,16 +150,18 @@ def _upsample_labels(labels: torch.Tensor, op: _Operator, size: tuple[int, int],
 
 def _compute(x: torch.Tensor, g: torch.Tensor, dev: torch.device, dtype: torch.dtype, map_type: str, method: str,
              feature_size: tuple[int, int], out_size: tuple[int, int], model: JBUStack | None, sigma_spatial: float,
-             sigma_range: float, radius: int | None, background: int | None, budget: int) -> torch.Tensor:
+             sigma_range: float, radius: int | None, guidance_blur: float, background: int | None,
+             budget: int) -> torch.Tensor:
     """The upsampling itself, on batched inputs ([B, C, h, w] maps or [B, h, w] labels)."""
     if map_type == "labels":
         labels = x.to(dev)
         if method == "nearest":
             return _nearest_labels(labels, out_size)
-        op = _operator(method, g, feature_size, out_size, model, True, sigma_spatial, sigma_range, radius, budget)
+        op = _operator(method, g, feature_size, out_size, model, True, sigma_spatial, sigma_range, radius,
+                       guidance_blur, budget)
         return _upsample_labels(labels, op, out_size, dtype, background, budget)
     op = _operator(method, g, feature_size, out_size, model, map_type != "features", sigma_spatial, sigma_range,
-                   radius, budget)
+                   radius, guidance_blur, budget)
     out = op(x.to(dev, dtype))
     if map_type == "probabilities":
         out = out.clamp_min(0)
@@ -189,8 +174,8 @@ def _compute(x: torch.Tensor, g: torch.Tensor, dev: torch.device, dtype: torch.d
 def jbu_upsample(features: Any, guidance: Any, size: tuple[int, int] | None = None,
                  scale: float | tuple[float, float] | None = None, method: str = "classical",
                  map_type: str = "features", *, model: JBUStack | None = None, sigma_spatial: float = 1.0,
-                 sigma_range: float = 0.1, radius: int | None = None, background: int | None = None,
-                 max_chunk_bytes: int | None = None, device: str | torch.device = "auto") -> Any:
+                 sigma_range: float = 0.1, radius: int | None = None, guidance_blur: float = 0.0,
+                 background: int | None = None, max_chunk_bytes: int | None = None, device: str | torch.device = "auto") -> Any:
     """Upsample a low-resolution feature, probability or label map guided by a high-resolution image.
 
     Methods:
@@ -212,7 +197,8 @@ def jbu_upsample(features: Any, guidance: Any, size: tuple[int, int] | None = No
     * ``"probabilities"``: [C, h, w] or [B, C, h, w] float, >= 0 (each pixel's C values are class
       probabilities). Upsampled channel by channel (a learned stack runs its channel-agnostic stages
       only, each stage's kernel made a convex combination: clamped at 0, renormalised to sum 1; the
-      same for label maps), clipped at 0 and renormalised to sum 1 over C at every pixel (uniform
+      same for label maps; a stack trained with ``convex_kernels=True``, as for label maps, already
+      has such kernels), clipped at 0 and renormalised to sum 1 over C at every pixel (uniform
       where all C values vanish).
     * ``"labels"``: [h, w] or [B, h, w] integer (or bool) label map. One-hot over the labels present,
       upsampled a chunk of classes at a time (memory stays near two [B, H, W] maps plus one chunk,
@@ -237,7 +223,7 @@ def jbu_upsample(features: Any, guidance: Any, size: tuple[int, int] | None = No
         map_type: one of ``MAP_TYPES``.
         model: the :class:`~air_core.jbu.learned.JBUStack` for ``method="learned"`` (not modified: a
             copy is made when it must move device or leave training mode).
-        sigma_spatial, sigma_range, radius: classical JBU parameters (see
+        sigma_spatial, sigma_range, radius, guidance_blur: classical JBU parameters (see
             :func:`~air_core.jbu.classical.classical_kernel`).
         background: see ``"labels"`` above.
         max_chunk_bytes: block size for the adaptive convolution and the class chunks of label maps
@@ -300,6 +286,7 @@ def jbu_upsample(features: Any, guidance: Any, size: tuple[int, int] | None = No
     out_size = _output_size(feature_size, tuple(g.shape[-2:]), size, scale)
     check_positive_number(sigma_spatial, "sigma_spatial")
     check_positive_number(sigma_range, "sigma_range")
+    check_guidance_blur(guidance_blur)
     if method == "learned":
         model, g = _prepare_model(model, dev, g)
     elif model is not None:
@@ -309,7 +296,7 @@ def jbu_upsample(features: Any, guidance: Any, size: tuple[int, int] | None = No
     try:
         with torch.set_grad_enabled(needs_grad):
             out = _compute(x, g, dev, dtype, map_type, method, feature_size, out_size, model, sigma_spatial,
-                           sigma_range, radius, background, budget).to(source_device)
+                           sigma_range, radius, guidance_blur, background, budget).to(source_device)
     finally:
         if dev.type == "cuda":
             torch.cuda.empty_cache()  # the kernels and intermediates are gone once _compute returns

@@ -15,6 +15,8 @@ Kopf, Cohen, Lischinski and Uyttendaele, "Joint Bilateral Upsampling", ACM TOG 2
   guidance units;
 * k_p: the sum of the weights. The weights are normalised with a softmax over the window in the
   log domain, so a very small ``sigma_range`` cannot underflow to 0 / 0.
+* optional (``guidance_blur`` > 0, not in Kopf et al.): I(p) in g is taken from the guidance
+  pre-smoothed by a Gaussian of that standard deviation in output pixels.
 
 Any output size works (integer or not, different factors along x and y), and factor 1 is a joint
 bilateral filter. The kernel depends on the guidance alone, so it is computed once
@@ -90,7 +92,7 @@ def _window(out_len: int, in_len: int, radius: int, sigma: float,
 
 def classical_kernel(guidance: torch.Tensor, feature_size: tuple[int, int], size: tuple[int, int] | None = None, *,
                      sigma_spatial: float = 1.0, sigma_range: float = 0.1,
-                     radius: int | None = None) -> ClassicalKernel:
+                     radius: int | None = None, guidance_blur: float = 0.0) -> ClassicalKernel:
     """Classical JBU weights (Kopf et al. 2007, Eq. 2; see the module docstring) from a guidance image.
 
     Args:
@@ -101,6 +103,10 @@ def classical_kernel(guidance: torch.Tensor, feature_size: tuple[int, int], size
         sigma_spatial: spatial standard deviation in low-res pixels (> 0).
         sigma_range: range standard deviation in guidance units (> 0).
         radius: window radius r in low-res pixels (window (2r + 1)^2); default ceil(2 sigma_spatial).
+        guidance_blur: standard deviation, in output pixels (>= 0), of a Gaussian pre-smoothing of the
+            full-resolution guidance I(p) in the range term (not in Kopf et al.; 0, the default, is
+            their Eq. 2 exactly). A pixel's own colour is then compared with the block averages
+            I~(q) at a scale nearer theirs, which removes label speckle in textured regions.
 
     Returns:
         :class:`ClassicalKernel` in the guidance's dtype and device (differentiable w.r.t. guidance).
@@ -124,9 +130,12 @@ def classical_kernel(guidance: torch.Tensor, feature_size: tuple[int, int], size
         radius = max(1, math.ceil(2.0 * sigma_s))
     if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
         raise ValueError(f"radius must be an int >= 0 (low-res pixels), got {radius!r}")
+    blur = check_guidance_blur(guidance_blur)
     dev, dtype = guidance.device, guidance.dtype
     hi = resize_guidance(guidance, (big_h, big_w))
     lo = F.adaptive_avg_pool2d(hi, (h, w))
+    if blur > 0:
+        hi = gaussian_blur(hi, blur)
     rows, log_y = _window(big_h, h, radius, sigma_s, dev, dtype)
     cols, log_x = _window(big_w, w, radius, sigma_s, dev, dtype)
     k = 2 * radius + 1
@@ -139,6 +148,25 @@ def classical_kernel(guidance: torch.Tensor, feature_size: tuple[int, int], size
             logits.append(log_y[None, :, None, i] + log_x[None, None, :, j] - inv * d2)
     weights = torch.softmax(torch.stack(logits, dim=-1), dim=-1)
     return ClassicalKernel(weights.view(guidance.shape[0], big_h, big_w, k, k), rows, cols, (h, w))
+
+
+def check_guidance_blur(value: float) -> float:
+    """``guidance_blur`` as a float >= 0 (ValueError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"guidance_blur must be a number >= 0 (output pixels), got {value!r}")
+    return float(value)
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of [B, G, H, W] with standard deviation ``sigma`` px (taps to 3 sigma,
+    replicate borders); differentiable."""
+    r = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-r, r + 1, device=image.device, dtype=image.dtype)
+    g = torch.exp(-t.square() / (2 * sigma * sigma))
+    g = g / g.sum()
+    c = image.shape[1]
+    x = F.conv2d(F.pad(image, [r, r, 0, 0], mode="replicate"), g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(F.pad(x, [0, 0, r, r], mode="replicate"), g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def apply_classical_kernel(features: torch.Tensor, kernel: ClassicalKernel, *,
@@ -169,14 +197,14 @@ def apply_classical_kernel(features: torch.Tensor, kernel: ClassicalKernel, *,
 
 def joint_bilateral_upsample(features: torch.Tensor, guidance: torch.Tensor, size: tuple[int, int] | None = None,
                              *, sigma_spatial: float = 1.0, sigma_range: float = 0.1, radius: int | None = None,
-                             max_chunk_bytes: int | None = None) -> torch.Tensor:
+                             guidance_blur: float = 0.0, max_chunk_bytes: int | None = None) -> torch.Tensor:
     """Classical joint bilateral upsampling (Kopf et al. 2007) of ``features`` guided by ``guidance``.
 
     Args:
         features: [B, C, h, w] floating-point low-res map.
         guidance: [B, G, H', W'] high-res guidance (see :func:`classical_kernel`); cast to the
             features' dtype.
-        size, sigma_spatial, sigma_range, radius: see :func:`classical_kernel`.
+        size, sigma_spatial, sigma_range, radius, guidance_blur: see :func:`classical_kernel`.
         max_chunk_bytes: see :func:`apply_classical_kernel`.
 
     Returns:
@@ -192,5 +220,6 @@ def joint_bilateral_upsample(features: torch.Tensor, guidance: torch.Tensor, siz
         raise ValueError(f"guidance batch size {guidance.shape[0]} does not match features batch size "
                          f"{features.shape[0]}")
     kernel = classical_kernel(guidance.to(features.dtype), tuple(features.shape[-2:]), size,
-                              sigma_spatial=sigma_spatial, sigma_range=sigma_range, radius=radius)
+                              sigma_spatial=sigma_spatial, sigma_range=sigma_range, radius=radius,
+                              guidance_blur=guidance_blur)
     return apply_classical_kernel(features, kernel, max_chunk_bytes=max_chunk_bytes)

@@ -45,7 +45,7 @@ from ._checks import check_float_tensor, check_size
 from .adaptive_conv import adaptive_conv, local_correlation
 from .classical import resize_guidance
 
-__all__ = ["JBUStage", "JBUStack", "stage_sizes", "channel_norm", "STACK_FORMAT"]
+__all__ = ["JBUStage", "JBUStack", "stage_sizes", "channel_norm", "convex_kernel", "STACK_FORMAT"]
 
 #: The ``format`` tag of files written by :meth:`JBUStack.save`.
 STACK_FORMAT = "air_core.jbu.JBUStack"
@@ -66,6 +66,25 @@ def _pad(x: torch.Tensor, radius: int) -> torch.Tensor:
     return F.pad(x, [radius] * 4, mode=mode)
 
 
+def convex_kernel(kernel: torch.Tensor) -> torch.Tensor:
+    """A learned stage's kernel [B, H, W, k, k] made a convex combination (clamped at 0, summing to 1).
+
+    FeatUp adds its refinement MLP's output to the normalised kernel without renormalising, so a trained
+    kernel may have negative taps and a sum far from 1 (even negative: seen on a stack trained for 16x).
+    That is harmless in a learned feature space but wrong for probability and label maps, whose
+    upsampled values must stay a weighted vote of the low-resolution ones (a negative sum would invert a
+    label map's argmax). Pixels whose clamped kernel vanishes keep their centre tap. A stack built with
+    ``convex_kernels=True`` applies this to every stage's kernel in training too (then it is a no-op
+    at inference). Works on [..., k, k]; differentiable where a tap is positive.
+    """
+    k = kernel.clamp_min(0)
+    total = k.sum((-2, -1), keepdim=True)
+    centre = torch.zeros_like(k)
+    r = k.shape[-1] // 2
+    centre[..., r, r] = 1.0
+    return torch.where(total > 1e-12, k / total.clamp_min(1e-12), centre)
+
+
 class JBUStage(nn.Module):
     """One learned JBU stage (FeatUp, Sec. 3.2; see the module docstring).
 
@@ -73,17 +92,19 @@ class JBUStage(nn.Module):
         guidance_dim: channels G of the guidance image (3 for RGB).
         key_dim: channels of the range MLP's embedding (FeatUp: 32).
         radius: window radius r at the stage's output resolution; the window is (2r + 1)^2 (FeatUp: 3).
+        convex: make the final kernel a convex combination (:func:`convex_kernel`) after the
+            refinement MLP (not in FeatUp; for stacks trained on label or probability maps).
 
     Raises:
         ValueError: a non-positive ``guidance_dim`` / ``key_dim`` or a negative ``radius``.
     """
 
-    def __init__(self, guidance_dim: int = 3, key_dim: int = 32, radius: int = 3) -> None:
+    def __init__(self, guidance_dim: int = 3, key_dim: int = 32, radius: int = 3, convex: bool = False) -> None:
         super().__init__()
         for name, v, low in (("guidance_dim", guidance_dim, 1), ("key_dim", key_dim, 1), ("radius", radius, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
-        self.guidance_dim, self.key_dim, self.radius = guidance_dim, key_dim, radius
+        self.guidance_dim, self.key_dim, self.radius, self.convex = guidance_dim, key_dim, radius, bool(convex)
         taps = (2 * radius + 1) ** 2
         self.range_temp = nn.Parameter(torch.tensor(0.0))
         self.range_proj = nn.Sequential(nn.Conv2d(guidance_dim, key_dim, 1), nn.GELU(), nn.Dropout2d(0.1),
@@ -121,7 +142,8 @@ class JBUStage(nn.Module):
         k = k / k.sum(1, keepdim=True).clamp_min(1e-7)
         k = k + 0.1 * self.fixup_proj(torch.cat([k, guidance], dim=1))
         b, _, h, w = k.shape
-        return k.permute(0, 2, 3, 1).reshape(b, h, w, self.diameter, self.diameter)
+        k = k.permute(0, 2, 3, 1).reshape(b, h, w, self.diameter, self.diameter)
+        return convex_kernel(k) if self.convex else k
 
     def apply(self, source: torch.Tensor, kernel: torch.Tensor, *,
               max_chunk_bytes: int | None = None) -> torch.Tensor:
@@ -172,6 +194,7 @@ class JBUStack(nn.Module):
         normalize_features: the features were channel-normalised (:func:`channel_norm`) in training,
             as FeatUp does; the stack then normalises its input itself (not in channel-agnostic mode)
             and its output lives in the normalised space.
+        convex_kernels: every stage's kernel is a convex combination (see :class:`JBUStage`).
         guidance_mean, guidance_std: per-channel normalisation (g - mean) / std of the guidance
             (expected in [0, 1]) before the stages; default ImageNet's statistics for 3 channels
             (FeatUp's input normalisation), 0.45 / 0.225 per channel otherwise.
@@ -182,7 +205,7 @@ class JBUStack(nn.Module):
 
     def __init__(self, feat_dim: int | None = None, num_stages: int = 4, guidance_dim: int = 3, key_dim: int = 32,
                  radius: int = 3, normalize_features: bool = False, guidance_mean: Sequence[float] | None = None,
-                 guidance_std: Sequence[float] | None = None) -> None:
+                 guidance_std: Sequence[float] | None = None, convex_kernels: bool = False) -> None:
         super().__init__()
         if feat_dim is not None and (isinstance(feat_dim, bool) or not isinstance(feat_dim, int) or feat_dim < 1):
             raise ValueError(f"feat_dim must be None or an int >= 1, got {feat_dim!r}")
@@ -190,7 +213,9 @@ class JBUStack(nn.Module):
             raise ValueError(f"num_stages must be an int >= 1, got {num_stages!r}")
         self.feat_dim, self.num_stages, self.guidance_dim = feat_dim, num_stages, guidance_dim
         self.key_dim, self.radius, self.normalize_features = key_dim, radius, bool(normalize_features)
-        self.stages = nn.ModuleList(JBUStage(guidance_dim, key_dim, radius) for _ in range(num_stages))
+        self.convex_kernels = bool(convex_kernels)
+        self.stages = nn.ModuleList(JBUStage(guidance_dim, key_dim, radius, self.convex_kernels)
+                                    for _ in range(num_stages))
         imagenet = guidance_dim == 3
         mean = list(guidance_mean) if guidance_mean is not None else (
             [0.485, 0.456, 0.406] if imagenet else [0.45] * guidance_dim)
@@ -209,7 +234,8 @@ class JBUStack(nn.Module):
         """Constructor arguments (what :meth:`save` stores beside the weights)."""
         return {"feat_dim": self.feat_dim, "num_stages": self.num_stages, "guidance_dim": self.guidance_dim,
                 "key_dim": self.key_dim, "radius": self.radius, "normalize_features": self.normalize_features,
-                "guidance_mean": list(self.guidance_mean), "guidance_std": list(self.guidance_std)}
+                "guidance_mean": list(self.guidance_mean), "guidance_std": list(self.guidance_std),
+                "convex_kernels": self.convex_kernels}
 
     def kernels(self, guidance: torch.Tensor, feature_size: tuple[int, int],
                 size: tuple[int, int] | None = None) -> list[torch.Tensor]:

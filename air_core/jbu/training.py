@@ -28,6 +28,13 @@ materialising the zoomed map); a downsampler window of k = round(S / h) input pi
 upsampled features being resampled to (k h, k w) first when S is not a multiple of the feature size;
 crops are random (FeatUp: a centre crop of each image); the sampled-CRF term (weight 0.001 in FeatUp)
 is not used.
+
+Beyond FeatUp (options, off by default): the images may carry auxiliary channels after RGB (a label
+embedding, chroma, ...) that the backbone reads and that are cropped and jittered with the image;
+when the full-resolution version of the backbone's output is known (the backbone pools such a
+channel), ``hr_target_fn`` replaces the multi-view objective by the direct mean squared error to it;
+``convex_kernels`` trains a stack whose kernels are convex combinations (label and probability maps);
+``clip_grad_norm`` clips every step.
 """
 
 from __future__ import annotations
@@ -167,17 +174,18 @@ class FitJBUResult:
 
     Attributes:
         stack: the trained :class:`~air_core.jbu.learned.JBUStack`, in eval mode, on the CPU.
-        downsampler: the learned downsampler (CPU, eval mode), e.g. to inspect its kernel.
+        downsampler: the learned downsampler (CPU, eval mode), e.g. to inspect its kernel; None with
+            the supervised objective (``hr_target_fn``).
         history: one dict per step: ``step``, ``loss`` (the objective, which can be negative with the
             outlier-aware loss) and ``time_s`` (seconds since the start).
         steps: steps completed.
         cancelled: the progress callback returned False.
         seconds: wall time.
-        feature_size: (h, w) of the backbone's features at ``image_size``.
+        feature_size: (h, w) of the backbone's features on an S x S crop.
     """
 
     stack: JBUStack
-    downsampler: nn.Module
+    downsampler: nn.Module | None
     history: list[dict] = field(default_factory=list)
     steps: int = 0
     cancelled: bool = False
@@ -192,10 +200,15 @@ def _check_int(value: Any, name: str, low: int) -> int:
 
 
 def _prepare_images(images: Any, image_size: int) -> list[torch.Tensor]:
-    """[3, H, W] float32 CPU tensors with the short side resized to ``image_size``."""
+    """[3 + A, H, W] float32 CPU tensors with the short side resized to ``image_size``.
+
+    An item is anything :func:`~air_core.images.to_tensor` accepts (3 channels out), or a float
+    tensor [3 + A, H, W] (A >= 1 auxiliary channels after an RGB image in [0, 1]); every item must have
+    the same number of channels.
+    """
     if isinstance(images, torch.Tensor):
-        if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
-            raise ValueError(f"images as a tensor must be float [N, 3, H, W], got {describe(images)}")
+        if images.dim() != 4 or images.shape[1] < 3 or not images.is_floating_point():
+            raise ValueError(f"images as a tensor must be float [N, 3 (+ A), H, W], got {describe(images)}")
         items: Sequence[Any] = list(images)
     elif isinstance(images, (list, tuple)):
         items = images
@@ -205,13 +218,24 @@ def _prepare_images(images: Any, image_size: int) -> list[torch.Tensor]:
         raise ValueError("images must not be empty")
     out = []
     for n, item in enumerate(items):
-        t = to_tensor(item, argument=f"images[{n}]", device="cpu")
+        if isinstance(item, torch.Tensor) and item.dim() == 3 and item.shape[0] > 3:
+            if not item.is_floating_point() or not bool(torch.isfinite(item).all()):
+                raise ValueError(f"images[{n}] with auxiliary channels must be a finite float tensor "
+                                 f"[3 + A, H, W], got {describe(item)}")
+            rgb = to_tensor(item[:3], argument=f"images[{n}]", device="cpu")
+            t = torch.cat([rgb, item[3:].detach().to("cpu", torch.float32)])
+        else:
+            t = to_tensor(item, argument=f"images[{n}]", device="cpu")
+        if out and t.shape[0] != out[0].shape[0]:
+            raise ValueError(f"images[{n}] has {t.shape[0]} channels, images[0] has {out[0].shape[0]}; all items "
+                             f"must have the same channels")
         h, w = t.shape[-2:]
         s = image_size / min(h, w)
         size = (max(image_size, int(round(h * s))), max(image_size, int(round(w * s))))
         if size != (h, w):
             t = F.interpolate(t[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-        out.append(t.clamp(0, 1))
+        t[:3] = t[:3].clamp(0, 1)
+        out.append(t)
     return out
 
 
@@ -234,24 +258,31 @@ def _check_map(x: Any, name: str, batch: int) -> torch.Tensor:
 
 
 def fit_jbu(backbone: Callable[[torch.Tensor], torch.Tensor], images: Any, *, steps: int = 1000, batch_size: int = 4,
-            image_size: int = 224, num_stages: int | None = None, n_jitters: int = 5, max_pad: int = 20,
+            image_size: int = 224, crop_size: int | None = None, num_stages: int | None = None,
+            n_jitters: int = 5, max_pad: int = 20,
             max_zoom: float = 2.0, lr: float = 1e-3, random_projection: int | None = 30,
             downsampler: str = "attention", outlier_loss: bool = True, normalize_features: bool = True,
             guidance_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, key_dim: int = 32, radius: int = 3,
-            seed: int = 0, device: str | torch.device = "auto", log_every: int = 10,
+            hr_target_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, convex_kernels: bool = False,
+            clip_grad_norm: float | None = None, seed: int = 0, device: str | torch.device = "auto", log_every: int = 10,
             progress: Callable[[float, str], Any] | None = None) -> FitJBUResult:
     """Train a JBU stack for ``backbone`` with FeatUp's multi-view consistency (module docstring).
 
     Args:
-        backbone: frozen feature extractor, any callable taking a float image batch [B, 3, S, S] in
-            [0, 1] on ``device`` and returning features [B, C, h, w] (h, w <= S). It is called under
+        backbone: frozen feature extractor, any callable taking a float image batch [B, 3 (+ A), S, S]
+            (RGB in [0, 1]) on ``device`` and returning features [B, C, h, w] (h, w <= S). It is called under
             ``torch.no_grad()``; an ``nn.Module`` is put in eval mode for the fit and restored after.
         images: training images: a list of anything :func:`~air_core.images.to_tensor` accepts, or a
             float tensor [N, 3, H, W] in [0, 1]. Each is resized so its short side is ``image_size``;
             each step draws ``batch_size`` random S x S crops (epochs of a random permutation).
+            Auxiliary channels: an item may be a float tensor [3 + A, H, W], an RGB image in [0, 1]
+            followed by A channels of anything (for example a label embedding whose pooled version
+            is the "backbone"); they are resized, cropped and jittered with the image, the backbone
+            and ``guidance_fn`` receive all 3 + A channels, and the default guidance is the RGB part.
         steps: optimiser steps (>= 1).
         batch_size: images per step (>= 1).
-        image_size: crop size S in pixels (>= 8; FeatUp: 224).
+        image_size: short side of the resized images in pixels (>= 8; FeatUp: 224).
+        crop_size: crop size S in pixels (8 <= S <= image_size); default ``image_size`` (FeatUp).
         num_stages: JBU stages; default ceil(log2(S / h)) (4 for a /16 backbone).
         n_jitters: random views per step (FeatUp: 5).
         max_pad: reflect padding of the jitter in pixels (0 <= max_pad < S; FeatUp: 20).
@@ -265,6 +296,16 @@ def fit_jbu(backbone: Callable[[torch.Tensor], torch.Tensor], images: Any, *, st
         guidance_fn: maps the image batch to the guidance the stack sees (e.g. luma only); default the
             image itself. The stack's ``guidance_dim`` is its number of channels.
         key_dim, radius: see :class:`~air_core.jbu.learned.JBUStage`.
+        hr_target_fn: the supervised objective, for the case FeatUp's objective exists to avoid: when
+            the full-resolution version of the features is known (the backbone pools a map the images
+            carry as auxiliary channels, e.g. a label embedding or chroma), ``hr_target_fn(batch)``
+            returns it as [B, C, S, S] and the loss is the mean squared error between the stack's
+            upsampled features and it; no jitters, downsampler or outlier-aware loss are used then.
+            None (default): FeatUp's multi-view objective.
+        convex_kernels: train a stack whose kernels are convex combinations (for label and
+            probability maps; see :class:`~air_core.jbu.learned.JBUStack`).
+        clip_grad_norm: clip the gradient norm to this value at every step (None: only FeatUp's
+            1e-4 clip during the first 10 steps).
         seed: seeds everything random in the fit (initialisation, crops, jitters, projections,
             dropout) without touching the global random state; same seed, same result on the same
             device.
@@ -289,8 +330,11 @@ def fit_jbu(backbone: Callable[[torch.Tensor], torch.Tensor], images: Any, *, st
     n_jitters = _check_int(n_jitters, "n_jitters", 1)
     max_pad = _check_int(max_pad, "max_pad", 0)
     log_every = _check_int(log_every, "log_every", 1)
-    if max_pad >= image_size:
-        raise ValueError(f"max_pad must be < image_size ({image_size}), got {max_pad}")
+    crop_size = image_size if crop_size is None else _check_int(crop_size, "crop_size", 8)
+    if crop_size > image_size:
+        raise ValueError(f"crop_size must be <= image_size ({image_size}), got {crop_size}")
+    if max_pad >= crop_size:
+        raise ValueError(f"max_pad must be < the crop size ({crop_size}), got {max_pad}")
     if isinstance(max_zoom, bool) or not isinstance(max_zoom, (int, float)) or not 1.0 <= max_zoom < math.inf:
         raise ValueError(f"max_zoom must be a number >= 1, got {max_zoom!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
@@ -301,6 +345,11 @@ def fit_jbu(backbone: Callable[[torch.Tensor], torch.Tensor], images: Any, *, st
         raise ValueError(f"downsampler must be one of {DOWNSAMPLERS}, got {downsampler!r}")
     if guidance_fn is not None and not callable(guidance_fn):
         raise TypeError(f"guidance_fn must be None or callable, got {describe(guidance_fn)}")
+    if hr_target_fn is not None and not callable(hr_target_fn):
+        raise TypeError(f"hr_target_fn must be None or callable, got {describe(hr_target_fn)}")
+    if clip_grad_norm is not None and (isinstance(clip_grad_norm, bool) or not isinstance(clip_grad_norm, (int, float))
+                                       or not 0 < clip_grad_norm < math.inf):
+        raise ValueError(f"clip_grad_norm must be None or a number > 0, got {clip_grad_norm!r}")
     dev = resolve_device(device)
     if isinstance(backbone, nn.Module):
         p = next(iter(backbone.parameters()), None)
@@ -315,9 +364,10 @@ def fit_jbu(backbone: Callable[[torch.Tensor], torch.Tensor], images: Any, *, st
     try:
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(int(seed))
-            result = _fit(backbone, data, dev, steps, batch_size, image_size, num_stages, n_jitters, max_pad,
+            result = _fit(backbone, data, dev, steps, batch_size, crop_size, num_stages, n_jitters, max_pad,
                           float(max_zoom), float(lr), random_projection, downsampler, outlier_loss,
-                          normalize_features, guidance_fn, key_dim, radius, log_every, progress, t0)
+                          normalize_features, guidance_fn, key_dim, radius, hr_target_fn, bool(convex_kernels),
+                          clip_grad_norm, log_every, progress, t0)
     finally:
         if was_training:
             backbone.train()
@@ -328,7 +378,7 @@ def fit_jbu(backbone: Callable[[torch.Tensor], torch.Tensor], images: Any, *, st
 
 def _fit(backbone, data, dev, steps, batch_size, size, num_stages, n_jitters, max_pad, max_zoom, lr,
          random_projection, downsampler, outlier_loss, normalize_features, guidance_fn, key_dim, radius,
-         log_every, progress, t0) -> FitJBUResult:
+         hr_target_fn, convex_kernels, clip_grad_norm, log_every, progress, t0) -> FitJBUResult:
     order: list[int] = []
 
     def next_batch() -> torch.Tensor:
@@ -347,7 +397,7 @@ def _fit(backbone, data, dev, steps, batch_size, size, num_stages, n_jitters, ma
 
     def guidance(x: torch.Tensor) -> torch.Tensor:
         if guidance_fn is None:
-            return x
+            return x[:, :3]
         with torch.no_grad():
             g = _check_map(guidance_fn(x), "guidance_fn", x.shape[0])
         if tuple(g.shape[-2:]) != (size, size):
@@ -360,10 +410,13 @@ def _fit(backbone, data, dev, steps, batch_size, size, num_stages, n_jitters, ma
     k = max(1, round(size / max(fh, fw)))
     if num_stages is None:
         num_stages = max(1, math.ceil(math.log2(size / max(fh, fw)) - 1e-9))
-    stack = JBUStack(dim, num_stages, guidance(probe).shape[1], key_dim, radius, normalize_features).to(dev).train()
-    down = (AttentionDownsampler(dim, k) if downsampler == "attention" else BlurDownsampler(k)).to(dev).train()
-    scale_net = _ScaleNet(dim).to(dev).train() if outlier_loss else None
-    params = list(stack.parameters()) + list(down.parameters())
+    stack = JBUStack(dim, num_stages, guidance(probe).shape[1], key_dim, radius, normalize_features,
+                     convex_kernels=convex_kernels).to(dev).train()
+    supervised = hr_target_fn is not None
+    down = None if supervised else (
+        AttentionDownsampler(dim, k) if downsampler == "attention" else BlurDownsampler(k)).to(dev).train()
+    scale_net = _ScaleNet(dim).to(dev).train() if outlier_loss and not supervised else None
+    params = list(stack.parameters()) + ([] if down is None else list(down.parameters()))
     if scale_net is not None:
         params += list(scale_net.parameters())
     opt = torch.optim.NAdam(params, lr=lr)
@@ -371,6 +424,14 @@ def _fit(backbone, data, dev, steps, batch_size, size, num_stages, n_jitters, ma
     def target(x: torch.Tensor) -> torch.Tensor:
         f = features(x)
         return channel_norm(f) if normalize_features else f
+
+    def hr_target(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t = _check_map(hr_target_fn(x), "hr_target_fn", x.shape[0]).float()
+        if tuple(t.shape[1:]) != (dim, size, size):
+            raise ValueError(f"hr_target_fn must return [B, {dim}, {size}, {size}] (the features' channels at the "
+                             f"crop size), got {list(t.shape)}")
+        return channel_norm(t) if normalize_features else t
 
     history: list[dict] = []
     cancelled = False
@@ -382,7 +443,7 @@ def _fit(backbone, data, dev, steps, batch_size, size, num_stages, n_jitters, ma
         lr_feats = lr_probe if step == 1 else features(batch)
         hr = stack(lr_feats, guidance(batch))
         loss = hr.new_zeros(())
-        for _ in range(n_jitters):
+        for _ in range(0 if supervised else n_jitters):
             jit = sample_jitter((size, size), max_pad, max_zoom)
             lr_jit = target(apply_jitter(batch, jit))
             down_jit = down(apply_jitter(hr, jit), tuple(lr_jit.shape[-2:]))
@@ -397,10 +458,14 @@ def _fit(backbone, data, dev, steps, batch_size, size, num_stages, n_jitters, ma
             else:
                 term = diff.square().mean()
             loss = loss + term / n_jitters
+        if supervised:
+            loss = (hr - hr_target(batch)).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if step <= _CLIP_STEPS:
             torch.nn.utils.clip_grad_norm_(params, _CLIP_NORM)
+        elif clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
         opt.step()
         history.append({"step": step, "loss": float(loss.detach()), "time_s": time.perf_counter() - t0})
         if progress is not None and (step % log_every == 0 or step == steps):
@@ -410,4 +475,4 @@ def _fit(backbone, data, dev, steps, batch_size, size, num_stages, n_jitters, ma
                 cancelled = True
                 break
     stack = stack.cpu().eval()
-    return FitJBUResult(stack, down.cpu().eval(), history, step, cancelled, time.perf_counter() - t0, (fh, fw))
+    return FitJBUResult(stack, None if down is None else down.cpu().eval(), history, step, cancelled, time.perf_counter() - t0, (fh, fw))

@@ -50,10 +50,15 @@ from ..raster2d import render
 from .parameterization import RAW_CHANNELS, check_patch_size, decode_candidates, patch_grid
 from .stage_control import stage_control
 
-__all__ = ["AIRPredictor", "PredictorOutput", "ENCODER_STRIDE", "PRETRAINED_PATH"]
+__all__ = ["AIRPredictor", "PredictorOutput", "ENCODER_STRIDE", "PRETRAINED_PATH", "ENCODER_JBU_PATH",
+           "load_encoder_jbu"]
 
 #: The shipped weights (safetensors; config and training record in the file's metadata).
 PRETRAINED_PATH = Path(__file__).resolve().parent / "weights" / "air_ps7_s4.safetensors"
+#: The shipped JBU stack for the shipped predictor's first-stage encoder features
+#: (:meth:`AIRPredictor.encoder_features`), trained with :func:`air_core.jbu.fit_jbu` by
+#: ``scripts/train_encoder_jbu.py``; read it with :func:`load_encoder_jbu`.
+ENCODER_JBU_PATH = Path(__file__).resolve().parent / "weights" / "encoder_jbu.pt"
 _FORMAT = "air-predictor"
 _FORMAT_VERSION = "1"
 
@@ -263,6 +268,23 @@ class AIRPredictor(nn.Module):
                                  f"{float(image.max()):g}]")
         return image
 
+    def encoder_features(self, image: torch.Tensor) -> torch.Tensor:
+        """The first stage's encoder features of ``image``: the map the predictor's JBU lifts.
+
+        The first stage sees residual = image (nothing rendered yet), so its input is [image, image].
+
+        Args:
+            image: [B, 3, H, W] float tensor in [0, 1] on the model's device.
+
+        Returns:
+            [B, width, ceil(H / 8), ceil(W / 8)] float features (stride :data:`ENCODER_STRIDE`).
+
+        Raises:
+            TypeError / ValueError: as :meth:`forward` for a bad image.
+        """
+        image = self._check_image(image)
+        return self.stages[0].encoder(torch.cat([image, image], 1))
+
     def forward(self, image: torch.Tensor, stages: int | None = None) -> PredictorOutput:
         """Predict Gaussians for a batch of images of one size, stage by stage.
 
@@ -305,3 +327,19 @@ class AIRPredictor(nn.Module):
         keep_all = torch.stack(keeps, 1)
         return PredictorOutput(gaussians=[Gaussians2D.cat(g) for g in kept], renders=torch.stack(renders, 1),
                                keep=keep_all, raw=torch.stack(raws, 1), counts=keep_all.flatten(2).sum(-1))
+
+
+def load_encoder_jbu(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> JBUStack:
+    """The JBU stack trained (FeatUp's multi-view objective, :func:`air_core.jbu.fit_jbu`) for the shipped
+    predictor's first-stage encoder features (:meth:`AIRPredictor.encoder_features`): upsamples them
+    from stride 8 to any size up to the image's, guided by the image, e.g.
+    ``jbu_upsample(features, image, method="learned", model=load_encoder_jbu())``. Eval mode.
+
+    Args:
+        path: a file written by :meth:`JBUStack.save`; default the shipped one (:data:`ENCODER_JBU_PATH`).
+        device: "cpu", "cuda" or "auto".
+
+    Raises:
+        FileNotFoundError / ValueError: as :meth:`JBUStack.load`.
+    """
+    return JBUStack.load(ENCODER_JBU_PATH if path is None else path, device=device)
