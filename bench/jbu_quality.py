@@ -310,6 +310,16 @@ def learned_stack(task: str, factor: int, args, log: dict) -> JBUStack:
         settings = {"objective": "supervised (hr_target_fn: the segmentation's embedding)", "crop_size": crop,
                     "batch_size": args.label_batch, "lr": args.label_lr, "convex_kernels": True,
                     "train_images": len(data)}
+    elif args.chroma_objective == "supervised":
+        photos = [read_photo(p) for _, p in bsds_items("train", args.chroma_train_images)]
+        r = fit_jbu(ChromaBackbone(factor), photos, steps=args.train_steps, batch_size=args.label_batch,
+                    image_size=min(min(t.shape[-2:]) for t in photos), crop_size=max(args.label_crop, 8 * factor),
+                    seed=0, lr=args.label_lr, normalize_features=False, random_projection=None, device="cpu",
+                    hr_target_fn=lambda x: torch.stack([ycbcr(im)[1:] for im in x]) - 0.5, clip_grad_norm=1.0,
+                    log_every=max(1, args.train_steps // 10), progress=progress, guidance_fn=luma_of)
+        settings = {"objective": "supervised (hr_target_fn: the full-resolution signed chroma)",
+                    "crop_size": max(args.label_crop, 8 * factor), "batch_size": args.label_batch,
+                    "lr": args.label_lr, "train_images": len(photos)}
     else:
         photos = [read_photo(p) for _, p in bsds_items("train", args.chroma_train_images)]
         r = fit_jbu(ChromaBackbone(factor), photos, steps=args.train_steps, batch_size=4, image_size=args.train_size,
@@ -457,6 +467,9 @@ def main() -> None:
     ap.add_argument("--label-batch", type=int, default=8)
     ap.add_argument("--label-lr", type=float, default=3e-3)
     ap.add_argument("--chroma-train-images", type=int, default=100, help="BSDS500 train photos for the chroma stacks")
+    ap.add_argument("--chroma-objective", choices=("multiview", "supervised"), default="multiview",
+                    help="chroma stacks: FeatUp's multi-view objective, or the direct loss to the full-resolution "
+                         "chroma (batch, crop and learning rate then as the label stacks)")
     ap.add_argument("--train-steps", type=int, default=120, help="chroma stacks: fit_jbu steps")
     ap.add_argument("--train-size", type=int, default=128, help="chroma stacks: crop size (FeatUp: 224)")
     ap.add_argument("--train-lr", type=float, default=1e-2, help="chroma stacks: learning rate")
@@ -464,6 +477,9 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=sorted(set(LABEL_METHODS + CHROMA_METHODS)),
                     help="methods to leave out")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "jbu_quality.json"))
+    ap.add_argument("--update", action="store_true",
+                    help="merge into the existing --out: replace only the methods run now (the replaced entries "
+                         "are kept under 'superseded'), append this run's configuration to 'runs'")
     args = ap.parse_args()
     for folder in (BSDS / "BSDS500_groundTruth_test", BSDS / "BSDS500_train", KODAK):
         if not folder.is_dir():
@@ -473,6 +489,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    base = json.loads(out.read_text()) if args.update and out.is_file() else None
     report = {"config": vars(args), "environment": {
         "torch": torch.__version__, "opencv": cv2.__version__, "python": platform.python_version(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
@@ -488,8 +505,31 @@ def main() -> None:
                 stacks[(task, f)] = learned_stack(task, f, args, report["training"])
             report[task][str(f)] = runner(f, args, stacks, methods)
             report["seconds"] = time.perf_counter() - t_start
-            out.write_text(json.dumps(report, indent=1))
-    summary(report)
+            out.write_text(json.dumps(report if base is None else merged(base, report), indent=1))
+    summary(report if base is None else merged(base, report))
+
+
+def merged(base: dict, new: dict) -> dict:
+    """``base`` with the methods (results, parameters) and trained stacks of ``new`` replacing its own;
+    replaced entries go to ``superseded``, ``new``'s configuration is appended to ``runs``."""
+    out = json.loads(json.dumps(base))
+    runs = out.setdefault("runs", [{"config": base["config"], "seconds": base.get("seconds")}])
+    runs.append({"config": new["config"], "seconds": new.get("seconds")})
+    old = out.setdefault("superseded", [])
+    for key, entry in new["training"].items():
+        if key in out["training"]:
+            old.append({"training": key, "entry": out["training"][key]})
+        out["training"][key] = entry
+    for task in ("labels", "chroma"):
+        for f, r in new[task].items():
+            target = out[task].setdefault(f, {"params": {}, "results": {}})
+            for m, v in r["results"].items():
+                if m in target["results"]:
+                    old.append({"task": task, "factor": f, "method": m, "params": target["params"].get(m),
+                                "results": target["results"][m]})
+                target["results"][m] = v
+                target["params"][m] = r["params"][m]
+    return out
 
 
 def summary(report: dict) -> None:

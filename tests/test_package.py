@@ -50,4 +50,5 @@ def test_wheel_ships_manifest_weights_and_entry_point(tmp_path):
     assert "name: napari-air" in manifest and "napari/layers/filter" in manifest
     assert "napari-air = napari_air:napari.yaml" in entry_points
     assert weights.file_size > 1_000_000
+    assert "air_core/predictor/weights/encoder_jbu.pt" in names  # the JBU stack for the encoder's features
     assert "blender_addon/blender_manifest.toml" in names
