@@ -234,8 +234,7 @@ def _prepare_images(images: Any, image_size: int) -> list[torch.Tensor]:
         size = (max(image_size, int(round(h * s))), max(image_size, int(round(w * s))))
         if size != (h, w):
             t = F.interpolate(t[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-        t[:3] = t[:3].clamp(0, 1)
-        out.append(t)
+        out.append(torch.cat([t[:3].clamp(0, 1), t[3:]]))  # a new tensor: never the caller's
     return out
 
 
@@ -294,7 +293,7 @@ def fit_jbu(backbone: Callable[[torch.Tensor], torch.Tensor], images: Any, *, st
         normalize_features: channel-normalise the features (FeatUp); stored in the stack, which then
             normalises its input itself.
         guidance_fn: maps the image batch to the guidance the stack sees (e.g. luma only); default the
-            image itself. The stack's ``guidance_dim`` is its number of channels.
+            image's RGB channels. The stack's ``guidance_dim`` is its number of channels.
         key_dim, radius: see :class:`~air_core.jbu.learned.JBUStage`.
         hr_target_fn: the supervised objective, for the case FeatUp's objective exists to avoid: when
             the full-resolution version of the features is known (the backbone pools a map the images
