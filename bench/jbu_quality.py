@@ -57,7 +57,9 @@ Learned JBU, trained only on BSDS500 *train* photos (``--train-images``), one st
   would be scaled with the kernel sum; signed chroma avoids that, and 0.5 is added back after
   upsampling.
 
-  Chroma stacks use FeatUp's multi-view objective: features not channel-normalised and not randomly
+  Chroma stacks (``--chroma-objective supervised``): ``fit_jbu``'s supervised objective against the
+  full-resolution signed chroma, with the label stacks' crop, batch and learning rate, for
+  ``--train-steps`` steps. Default (``multiview``): FeatUp's multi-view objective: features not channel-normalised and not randomly
   projected (two channels), FeatUp's other settings (batch 4, 5 jitters, attention downsampler,
   outlier-aware loss, NAdam) on ``--train-size`` crops of ``--chroma-train-images`` photos for
   ``--train-steps`` steps with learning rate ``--train-lr`` = 1e-2 (FeatUp: 1e-3 for one epoch of COCO
