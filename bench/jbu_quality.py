@@ -301,9 +301,9 @@ def learned_stack(task: str, factor: int, args, log: dict) -> JBUStack:
     def progress(fraction: float, message: str) -> None:
         print(f"  train {task} f={factor}: {message}", flush=True)
 
+    crop = max(args.label_crop, 8 * factor)  # supervised stacks: at least 8 x 8 low-res pixels per crop
     if task == "labels":
         data = label_training_items(args.train_images)
-        crop = max(args.label_crop, 8 * factor)  # at least 8 x 8 low-res pixels per crop
         r = fit_jbu(lambda x: F.avg_pool2d(x[:, 3:], factor), data, steps=args.label_train_steps,
                     batch_size=args.label_batch, image_size=min(min(t.shape[-2:]) for t in data), crop_size=crop,
                     seed=0, lr=args.label_lr, normalize_features=False, random_projection=None, device="cpu",
@@ -315,12 +315,12 @@ def learned_stack(task: str, factor: int, args, log: dict) -> JBUStack:
     elif args.chroma_objective == "supervised":
         photos = [read_photo(p) for _, p in bsds_items("train", args.chroma_train_images)]
         r = fit_jbu(ChromaBackbone(factor), photos, steps=args.train_steps, batch_size=args.label_batch,
-                    image_size=min(min(t.shape[-2:]) for t in photos), crop_size=max(args.label_crop, 8 * factor),
+                    image_size=min(min(t.shape[-2:]) for t in photos), crop_size=crop,
                     seed=0, lr=args.label_lr, normalize_features=False, random_projection=None, device="cpu",
                     hr_target_fn=lambda x: torch.stack([ycbcr(im)[1:] for im in x]) - 0.5, clip_grad_norm=1.0,
                     log_every=max(1, args.train_steps // 10), progress=progress, guidance_fn=luma_of)
         settings = {"objective": "supervised (hr_target_fn: the full-resolution signed chroma)",
-                    "crop_size": max(args.label_crop, 8 * factor), "batch_size": args.label_batch,
+                    "crop_size": crop, "batch_size": args.label_batch,
                     "lr": args.label_lr, "train_images": len(photos)}
     else:
         photos = [read_photo(p) for _, p in bsds_items("train", args.chroma_train_images)]

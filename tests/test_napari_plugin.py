@@ -65,6 +65,15 @@ def _open(viewer, name):
     return widget
 
 
+def _assert_placed(out, like, shape, scale, translate, axis_labels):
+    """An output layer's data shape and world placement; units are the input layer's."""
+    assert out.data.shape == shape
+    np.testing.assert_allclose(out.scale, scale)
+    np.testing.assert_allclose(out.translate, translate)
+    assert tuple(out.axis_labels) == axis_labels
+    assert tuple(str(u) for u in out.units) == tuple(str(u) for u in like.units)
+
+
 def _run(qtbot, widget):
     worker = widget.run()
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
@@ -153,11 +162,8 @@ def test_reconstruct_widget_outputs_bound_to_input_and_rerun_updates(make_napari
     assert bar == sorted(bar) and len(set(bar)) >= 4 and bar[-1] >= 99, bar
 
     rec = viewer.layers["crop [AIR]"]
-    assert rec.data.shape == (64, 64, 3) and rec.rgb
-    np.testing.assert_allclose(rec.scale, (0.5, 0.25))
-    np.testing.assert_allclose(rec.translate, (10.0, 20.0))
-    assert tuple(str(u) for u in rec.units) == tuple(str(u) for u in layer.units)
-    assert tuple(rec.axis_labels) == ("y", "x")
+    assert rec.rgb
+    _assert_placed(rec, layer, (64, 64, 3), (0.5, 0.25), (10.0, 20.0), ("y", "x"))
     g = rec.metadata["air_gaussians"]
     keep = rec.metadata["air_keep"]
     assert keep.shape == (4, 10, 10) and int(keep.sum()) == len(g) and rec.metadata["air_patch_size"] == 7
@@ -455,11 +461,8 @@ def test_fit_widget_on_the_current_plane_of_a_stack(make_napari_viewer, qtbot, p
     assert f.last_error is None, f.last_error
     fit_layer = viewer.layers["stack [fit]"]
     # one plane, kept on its z: the leading axis has length 1, translated to plane 1's world position
-    assert fit_layer.data.shape == (1, 32, 32) and not fit_layer.rgb
-    np.testing.assert_allclose(fit_layer.scale, (5.0, 3.0, 3.0))
-    np.testing.assert_allclose(fit_layer.translate, (5.0, 1.0, 2.0))
-    assert tuple(fit_layer.axis_labels) == ("z", "y", "x")
-    assert tuple(str(u) for u in fit_layer.units) == tuple(str(u) for u in stack_layer.units)
+    assert not fit_layer.rgb
+    _assert_placed(fit_layer, stack_layer, (1, 32, 32), (5.0, 3.0, 3.0), (5.0, 1.0, 2.0), ("z", "y", "x"))
     assert fit_layer.metadata["air_plane_index"] == (1,)
     psnr = fit_layer.metadata["air_metrics"]["psnr"]
     assert psnr > 12 and f"PSNR {psnr:.2f} dB" in f.results.value
@@ -502,11 +505,7 @@ def test_reconstruct_all_planes_of_a_stack(make_napari_viewer, qtbot, tiny_model
     assert any(f >= 2 / 3 and m.startswith("plane 3/3") for f, m in reports)
 
     rec = viewer.layers["stack [AIR]"]
-    assert rec.data.shape == (3, 32, 32)
-    np.testing.assert_allclose(rec.scale, (5.0, 0.5, 0.5))
-    np.testing.assert_allclose(rec.translate, (10.0, 1.0, 2.0))
-    assert tuple(rec.axis_labels) == ("z", "y", "x")
-    assert tuple(str(u) for u in rec.units) == tuple(str(u) for u in layer.units)
+    _assert_placed(rec, layer, (3, 32, 32), (5.0, 0.5, 0.5), (10.0, 1.0, 2.0), ("z", "y", "x"))
     meta = rec.metadata
     assert len(meta["air_gaussians_planes"]) == 3 and meta["air_plane_indices"] == [(0,), (1,), (2,)]
     assert meta["air_plane_index"] == (1,)  # air_gaussians: the plane shown at the start

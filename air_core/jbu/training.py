@@ -432,17 +432,9 @@ def _fit(backbone, data, dev, steps, batch_size, size, num_stages, n_jitters, ma
                              f"crop size), got {list(t.shape)}")
         return channel_norm(t) if normalize_features else t
 
-    history: list[dict] = []
-    cancelled = False
-    step = 0
-    batch = probe
-    for step in range(1, steps + 1):
-        if step > 1:
-            batch = next_batch()
-        lr_feats = lr_probe if step == 1 else features(batch)
-        hr = stack(lr_feats, guidance(batch))
+    def multiview_loss(batch: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         loss = hr.new_zeros(())
-        for _ in range(0 if supervised else n_jitters):
+        for _ in range(n_jitters):
             jit = sample_jitter((size, size), max_pad, max_zoom)
             lr_jit = target(apply_jitter(batch, jit))
             down_jit = down(apply_jitter(hr, jit), tuple(lr_jit.shape[-2:]))
@@ -457,8 +449,18 @@ def _fit(backbone, data, dev, steps, batch_size, size, num_stages, n_jitters, ma
             else:
                 term = diff.square().mean()
             loss = loss + term / n_jitters
-        if supervised:
-            loss = (hr - hr_target(batch)).square().mean()
+        return loss
+
+    history: list[dict] = []
+    cancelled = False
+    step = 0
+    batch = probe
+    for step in range(1, steps + 1):
+        if step > 1:
+            batch = next_batch()
+        lr_feats = lr_probe if step == 1 else features(batch)
+        hr = stack(lr_feats, guidance(batch))
+        loss = (hr - hr_target(batch)).square().mean() if supervised else multiview_loss(batch, hr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if step <= _CLIP_STEPS:
