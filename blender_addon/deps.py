@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import site
 import sys
 
 __all__ = ["DependencyError", "add_search_path", "check", "require"]
@@ -24,7 +25,9 @@ class DependencyError(RuntimeError):
 
 
 def add_search_path(folder: str) -> str | None:
-    """Put ``folder`` (a site-packages folder) at the front of ``sys.path``.
+    """Add ``folder`` (a site-packages folder) to the front of ``sys.path`` as Python's ``site`` module
+    adds one: its ``.pth`` files are processed too, so packages installed in development mode
+    (``pip install -e``) and other path hooks are found.
 
     Returns an error message when the folder does not exist, else None. An empty ``folder`` does nothing.
     """
@@ -34,7 +37,10 @@ def add_search_path(folder: str) -> str | None:
     if not os.path.isdir(folder):
         return f"the site-packages folder {folder!r} does not exist"
     if folder not in sys.path:
-        sys.path.insert(0, folder)
+        before = list(sys.path)
+        site.addsitedir(folder)  # appends the folder and what its .pth files name
+        added = [p for p in sys.path if p not in before]
+        sys.path[:] = added + before  # ... which go first, ahead of Blender's own packages
         importlib.invalidate_caches()
     return None
 

@@ -175,6 +175,25 @@ def test_loads_and_reports_without_air_core(tmp_path):
     assert "Preferences" in res.stdout and "Traceback" not in res.stdout
 
 
+def test_site_packages_folder_processes_pth_files(tmp_path):
+    """The preferences' site-packages folder is added like Python's site module adds one: a package that
+    a .pth file points to (an editable `pip install -e` install) imports, and the folder goes first."""
+    site_dir, src = tmp_path / "site-packages", tmp_path / "src"
+    (src / "pth_only_pkg").mkdir(parents=True)
+    (src / "pth_only_pkg" / "__init__.py").write_text("VALUE = 7\n")
+    site_dir.mkdir()
+    (site_dir / "dev.pth").write_text(str(src) + "\n")
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from blender_addon import deps\n"
+            "assert deps.add_search_path(%r) is None\n"
+            "import pth_only_pkg; assert pth_only_pkg.VALUE == 7\n"
+            "assert sys.path.index(%r) < sys.path.index(%r)\n"
+            "assert 'does not exist' in deps.add_search_path(%r)\n"
+            "print('OK')\n") % (str(ROOT), str(site_dir), str(site_dir), str(ROOT), str(tmp_path / "missing"))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("*.ply")) if DATA.is_dir() else ["missing"])
 def test_import_real_scenes(name):
     path = need(DATA / name)
