@@ -159,15 +159,21 @@ def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, colours: to
                       nder if return_derivatives else 0, backend, tiles)
 
 
+def check_render_memory(height: int, width: int, channels: int, derivative_channels: int) -> None:
+    """Raise :class:`air_core.images.ImageTooLargeError` when a render's float64 buffers and outputs
+    would not fit in the available RAM."""
+    from ..images import check_memory
+
+    check_memory(height * width * (channels + 3 * derivative_channels) * 8 * 2, f"a {width}x{height} render")
+
+
 def _rasterize(means2d, conics, colours, opacities, background, width: int, height: int, mode: str,
                derivative_channels: int, backend: str, tiles: tuple[int, int]) -> RenderOutput:
     """:func:`rasterize_to_pixels` on validated inputs (the 3DGS renderer's projection produces
     them valid by construction); ``derivative_channels`` 0 means no derivatives."""
-    from ..images import check_memory
-
     nch = colours.shape[1]
     return_derivatives = derivative_channels > 0
-    check_memory(height * width * (nch + 3 * derivative_channels) * 8 * 2, f"a {width}x{height} render")
+    check_render_memory(height, width, nch, derivative_channels)
     chosen = _pick_backend(backend, means2d.device)
     if chosen == "cpu":
         from .cpu import rasterize_to_pixels_cpu

@@ -44,6 +44,17 @@ N_GRAD_CHUNKS = 16  # fixed -> deterministic reduction whatever the thread count
 N_FWD_CHUNKS = 64
 
 
+@njit(inline="always")
+def _extent(a, b, c, o):
+    """Cut-off Q = 2 ln(255 o) and bounding half-extents (rx, ry) of one Gaussian (Q = -1, rx = ry = 0
+    when it never reaches 1/255 or its conic is not positive definite)."""
+    q = math.log(255.0 * o) * 2.0 if o > 0.0 else -1.0
+    det = a * c - b * b
+    if q <= 0.0 or det <= 0.0 or a <= 0.0:
+        return -1.0, 0.0, 0.0
+    return q, math.sqrt(q * c / det), math.sqrt(q * a / det)
+
+
 @njit(cache=True)
 def extents(conics, opacities):
     """Per-Gaussian cut-off Q = 2 ln(255 o) and bounding half-extents (rx, ry) in pixels.
@@ -52,40 +63,66 @@ def extents(conics, opacities):
     """
     n = conics.shape[0]
     qmax = np.empty(n)
-    rx = np.zeros(n)
-    ry = np.zeros(n)
+    rx = np.empty(n)
+    ry = np.empty(n)
     for g in range(n):
-        o = opacities[g]
-        q = math.log(255.0 * o) * 2.0 if o > 0.0 else -1.0
-        a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
-        det = a * c - b * b
-        if q <= 0.0 or det <= 0.0 or a <= 0.0:
-            qmax[g] = -1.0
-            continue
-        qmax[g] = q
-        rx[g] = math.sqrt(q * c / det)
-        ry[g] = math.sqrt(q * a / det)
+        qmax[g], rx[g], ry[g] = _extent(conics[g, 0], conics[g, 1], conics[g, 2], opacities[g])
     return qmax, rx, ry
 
 
-@njit(cache=True)
-def gaussian_constants(conics, qmax):
-    """Per-Gaussian constants of the row traversal, computed once per render: [N, 6] with
-    1 / a, det = a c - b^2, a Q, and the recurrence factors exp(-a), exp(-b), exp(-c) (-1 where a
-    recurrence is not used: exp(-a) needs a <= RECURRENCE_MAX_A, the row-to-row walker needs both
-    a and c <= RECURRENCE_MAX_A; see ``_walk_start``)."""
+@njit(parallel=True, cache=True)
+def prepare(conics, opacities):
+    """Everything per Gaussian that a render needs before binning, in one parallel pass: Q, rx, ry
+    (see ``extents``) and the traversal constants [N, 6]: 1 / a, det = a c - b^2, a Q, and the
+    recurrence factors exp(-a), exp(-b), exp(-c) (-1 where a recurrence is not used: exp(-a) needs
+    a <= RECURRENCE_MAX_A, the row-to-row walker needs both a and c <= RECURRENCE_MAX_A; see
+    ``_walk_start``)."""
     n = conics.shape[0]
-    out = np.empty((n, 6))
-    for g in range(n):
+    qmax = np.empty(n)
+    rx = np.empty(n)
+    ry = np.empty(n)
+    consts = np.empty((n, 6))
+    for g in prange(n):
         a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
-        out[g, 0] = 1.0 / a if a > 0.0 else 0.0
-        out[g, 1] = a * c - b * b
-        out[g, 2] = a * qmax[g]
-        out[g, 3] = math.exp(-a) if a <= RECURRENCE_MAX_A else -1.0
+        q, qmax_rx, qmax_ry = _extent(a, b, c, opacities[g])
+        qmax[g] = q
+        rx[g] = qmax_rx
+        ry[g] = qmax_ry
+        consts[g, 0] = 1.0 / a if a > 0.0 else 0.0
+        consts[g, 1] = a * c - b * b
+        consts[g, 2] = a * q
+        consts[g, 3] = math.exp(-a) if a <= RECURRENCE_MAX_A else -1.0
         walk = a <= RECURRENCE_MAX_A and c <= RECURRENCE_MAX_A
-        out[g, 4] = math.exp(-b) if walk else -1.0
-        out[g, 5] = math.exp(-c) if walk else -1.0
-    return out
+        consts[g, 4] = math.exp(-b) if walk else -1.0
+        consts[g, 5] = math.exp(-c) if walk else -1.0
+    return qmax, rx, ry, consts
+
+
+@njit(parallel=True, cache=True)
+def _tile_rects(means, qmax, rx, ry, height, width, tile_h, tile_w):
+    """Per Gaussian the tile rectangle its bounding box touches, [N, 4] = (tx0, tx1, ty0, ty1) (an
+    empty range when it touches no pixel)."""
+    n = means.shape[0]
+    rect = np.empty((n, 4), dtype=np.int64)
+    for g in prange(n):
+        rect[g, 0] = 1  # empty range unless the Gaussian touches the image
+        rect[g, 1] = 0
+        rect[g, 2] = 1
+        rect[g, 3] = 0
+        if qmax[g] <= 0.0 or not (math.isfinite(means[g, 0]) and math.isfinite(means[g, 1])):
+            continue
+        # pixel j is a candidate when |j + 0.5 - mx| <= rx (+1 pixel margin)
+        j0 = max(0, int(math.floor(means[g, 0] - rx[g] - 0.5)))
+        j1 = min(width - 1, int(math.ceil(means[g, 0] + rx[g] - 0.5)))
+        i0 = max(0, int(math.floor(means[g, 1] - ry[g] - 0.5)))
+        i1 = min(height - 1, int(math.ceil(means[g, 1] + ry[g] - 0.5)))
+        if j0 > j1 or i0 > i1:
+            continue
+        rect[g, 0] = j0 // tile_w
+        rect[g, 1] = j1 // tile_w
+        rect[g, 2] = i0 // tile_h
+        rect[g, 3] = i1 // tile_h
+    return rect
 
 
 @njit(cache=True)
@@ -100,29 +137,11 @@ def bin_tiles(means, qmax, rx, ry, height, width, tile_h, tile_w):
     tiles_x = (width + tile_w - 1) // tile_w
     tiles_y = (height + tile_h - 1) // tile_h
     nt = tiles_x * tiles_y
-    rect = np.empty((n, 4), dtype=np.int64)
+    rect = _tile_rects(means, qmax, rx, ry, height, width, tile_h, tile_w)
     counts = np.zeros(nt + 1, dtype=np.int64)
     for g in range(n):
-        rect[g, 0] = 1  # empty range unless the Gaussian touches the image
-        rect[g, 1] = 0
-        rect[g, 2] = 1
-        rect[g, 3] = 0
-        if qmax[g] <= 0.0 or not (math.isfinite(means[g, 0]) and math.isfinite(means[g, 1])):
-            continue
-        # pixel j is a candidate when |j + 0.5 - mx| <= rx (+1 pixel margin)
-        j0 = max(0, int(math.floor(means[g, 0] - rx[g] - 0.5)))
-        j1 = min(width - 1, int(math.ceil(means[g, 0] + rx[g] - 0.5)))
-        i0 = max(0, int(math.floor(means[g, 1] - ry[g] - 0.5)))
-        i1 = min(height - 1, int(math.ceil(means[g, 1] + ry[g] - 0.5)))
-        if j0 > j1 or i0 > i1:
-            continue
-        tx0, tx1, ty0, ty1 = j0 // tile_w, j1 // tile_w, i0 // tile_h, i1 // tile_h
-        rect[g, 0] = tx0
-        rect[g, 1] = tx1
-        rect[g, 2] = ty0
-        rect[g, 3] = ty1
-        for ty in range(ty0, ty1 + 1):
-            for tx in range(tx0, tx1 + 1):
+        for ty in range(rect[g, 2], rect[g, 3] + 1):
+            for tx in range(rect[g, 0], rect[g, 1] + 1):
                 counts[ty * tiles_x + tx + 1] += 1
     for t in range(nt):
         counts[t + 1] += counts[t]
@@ -234,7 +253,7 @@ def _tile_rect(t, tiles_x, tile_h, tile_w, height, width):
 @njit(inline="always")
 def _load_gaussian(g, means, conics, opacities, qmax, ry, consts, y0, y1):
     """Gaussian g's mean, conic, cut-off, opacity, its rows [i0, i1] inside [y0, y1) and its
-    traversal constants (see ``gaussian_constants``)."""
+    traversal constants (see ``prepare``)."""
     my = means[g, 1]
     i0 = max(y0, int(math.floor(my - ry[g] - 0.5)))
     i1 = min(y1 - 1, int(math.ceil(my + ry[g] - 0.5)))

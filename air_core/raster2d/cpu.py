@@ -21,9 +21,27 @@ def _np64(t: torch.Tensor) -> np.ndarray:
 
 def _bin(means: np.ndarray, conics: np.ndarray, opacities: np.ndarray, height: int, width: int,
          tile: tuple[int, int]):
-    qmax, rx, ry = _kernels.extents(conics, opacities)
+    qmax, rx, ry, consts = _kernels.prepare(conics, opacities)
     offsets, ids, tiles_x, tiles_y = _kernels.bin_tiles(means, qmax, rx, ry, height, width, *tile)
-    return qmax, ry, _kernels.gaussian_constants(conics, qmax), offsets, ids, tiles_x, tiles_y
+    return qmax, ry, consts, offsets, ids, tiles_x, tiles_y
+
+
+def render_arrays(means: np.ndarray, conics: np.ndarray, colours: np.ndarray, opacities: np.ndarray,
+                  background: np.ndarray, height: int, width: int, alpha_mode: bool, deriv_channels: int,
+                  tile_size: tuple[int, int], out_dtype) -> tuple:
+    """Bin and blend float64 arrays (the rasterizer's inputs, already valid) into new output arrays
+    of ``out_dtype`` (np.float32 / np.float64).
+
+    Returns (image [C, H, W], transmittance [H, W] float64, last [H, W] int64, derivatives
+    [3, D, H, W] or a zero-size array, binning) as :func:`_kernels.forward` fills them.
+    """
+    binning = _bin(means, conics, opacities, height, width, tile_size)
+    # outputs are written by the kernel directly in their final layout and dtype
+    image = np.zeros((colours.shape[1], height, width), dtype=out_dtype)
+    derivs = np.zeros((3, deriv_channels, height, width) if deriv_channels else (3, 0, 0, 0), dtype=out_dtype)
+    trans, last = _kernels.forward(means, conics, colours, opacities, background, *binning, height, width,
+                                   *tile_size, alpha_mode, deriv_channels > 0, image, derivs)
+    return image, trans, last, derivs, binning
 
 
 class _Rasterize(torch.autograd.Function):
@@ -31,14 +49,10 @@ class _Rasterize(torch.autograd.Function):
     def forward(ctx, means2d, conics, colours, opacities, background, height, width, alpha_mode, deriv_channels,
                 tile_size):
         arrs = [_np64(t) for t in (means2d, conics, colours, opacities, background)]
-        binning = _bin(arrs[0], arrs[1], arrs[3], height, width, tile_size)
         dtype, device = means2d.dtype, means2d.device
-        # outputs are written by the kernel directly in their final layout and (float32 / float64) dtype
-        out_dtype = np.float64 if dtype == torch.float64 else np.float32
-        image = np.zeros((colours.shape[1], height, width), dtype=out_dtype)
-        derivs = np.zeros((3, deriv_channels, height, width) if deriv_channels else (3, 0, 0, 0), dtype=out_dtype)
-        trans, last = _kernels.forward(*arrs, *binning, height, width, *tile_size, alpha_mode, deriv_channels > 0,
-                                       image, derivs)
+        image, trans, last, derivs, binning = render_arrays(
+            *arrs, height, width, alpha_mode, deriv_channels, tile_size,
+            np.float64 if dtype == torch.float64 else np.float32)
         to_t = lambda a: torch.from_numpy(a).to(device=device, dtype=dtype)  # noqa: E731
         image_t = to_t(image)
         trans_t = to_t(trans)

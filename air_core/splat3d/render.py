@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..raster2d import _rasterize, rasterize_to_pixels
+from ..raster2d import rasterize_to_pixels
 from .camera import Camera
 from .scene import GaussianScene
 from .sh import sh_colours
@@ -120,23 +120,17 @@ def project(scene: GaussianScene, camera: Camera, *, near_plane: float = 0.01, f
         TypeError: wrong argument types.
         ValueError: bad planes, eps2d or sh_degree; a Gaussian with a NaN or Inf parameter.
     """
-    _check_scene_camera(scene, camera)
-    if not (0 < near_plane < far_plane):
-        raise ValueError(f"need 0 < near_plane < far_plane, got near_plane={near_plane}, far_plane={far_plane}")
-    if not eps2d >= 0:
-        raise ValueError(f"eps2d must be >= 0, got {eps2d}")
-    if sh_degree is not None and not (isinstance(sh_degree, int) and 0 <= sh_degree <= scene.sh_degree):
-        raise ValueError(f"sh_degree must be an int in 0..{scene.sh_degree} for this scene, got {sh_degree!r}")
+    lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg = _projection_limits(scene, camera, near_plane, far_plane, eps2d,
+                                                                    sh_degree)
+    if _fast_path(scene):
+        ids, *fields = _project_arrays(scene, camera, near_plane, far_plane, eps2d, sh_degree,
+                                       (lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg))
+        means2d, conics, depths, colours, opacities = (torch.from_numpy(a).to(scene.means.dtype) for a in fields)
+        return ProjectedGaussians(ids=torch.from_numpy(ids), means2d=means2d, conics=conics, depths=depths,
+                                  colours=colours, opacities=opacities)
     dtype, device = scene.means.dtype, scene.means.device
     fx, fy, cx, cy = (float(v) for v in (camera.fx, camera.fy, camera.cx, camera.cy))
     width, height = camera.width, camera.height
-    lim_x_pos = (width - cx) / fx + (FRUSTUM_CLAMP - 1.0) * 0.5 * width / fx
-    lim_x_neg = cx / fx + (FRUSTUM_CLAMP - 1.0) * 0.5 * width / fx
-    lim_y_pos = (height - cy) / fy + (FRUSTUM_CLAMP - 1.0) * 0.5 * height / fy
-    lim_y_neg = cy / fy + (FRUSTUM_CLAMP - 1.0) * 0.5 * height / fy
-    if _fast_path(scene):
-        return _project_numba(scene, camera, near_plane, far_plane, eps2d, sh_degree,
-                              (lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg))
     with torch.no_grad():
         bad = (~torch.isfinite(scene.means).all(1) | ~torch.isfinite(scene.log_scales).all(1)
                | ~torch.isfinite(scene.quats).all(1) | ~torch.isfinite(scene.opacity_logits)
@@ -190,8 +184,28 @@ def project(scene: GaussianScene, camera: Camera, *, near_plane: float = 0.01, f
                               opacities=opacities[sel])
 
 
-def _project_numba(scene, camera, near_plane, far_plane, eps2d, sh_degree, limits) -> ProjectedGaussians:
-    """No-gradient CPU path of :func:`project`: the same arithmetic in one numba pass (float64)."""
+def _projection_limits(scene, camera, near_plane, far_plane, eps2d, sh_degree) -> tuple[float, float, float, float]:
+    """Check :func:`project`'s arguments; return the clamp limits (x+, x-, y+, y-) of x / z and y / z."""
+    _check_scene_camera(scene, camera)
+    if not (0 < near_plane < far_plane):
+        raise ValueError(f"need 0 < near_plane < far_plane, got near_plane={near_plane}, far_plane={far_plane}")
+    if not eps2d >= 0:
+        raise ValueError(f"eps2d must be >= 0, got {eps2d}")
+    if sh_degree is not None and not (isinstance(sh_degree, int) and 0 <= sh_degree <= scene.sh_degree):
+        raise ValueError(f"sh_degree must be an int in 0..{scene.sh_degree} for this scene, got {sh_degree!r}")
+    fx, fy, cx, cy = (float(v) for v in (camera.fx, camera.fy, camera.cx, camera.cy))
+    width, height = camera.width, camera.height
+    return ((width - cx) / fx + (FRUSTUM_CLAMP - 1.0) * 0.5 * width / fx,
+            cx / fx + (FRUSTUM_CLAMP - 1.0) * 0.5 * width / fx,
+            (height - cy) / fy + (FRUSTUM_CLAMP - 1.0) * 0.5 * height / fy,
+            cy / fy + (FRUSTUM_CLAMP - 1.0) * 0.5 * height / fy)
+
+
+def _project_arrays(scene, camera, near_plane, far_plane, eps2d, sh_degree, limits) -> tuple:
+    """No-gradient CPU path of :func:`project`: the same arithmetic in one numba pass (float64).
+
+    Returns float64 numpy arrays (ids int64) in :class:`ProjectedGaussians`' field order.
+    """
     import numpy as np
 
     from ._kernels import compact_sorted, project_all
@@ -207,11 +221,7 @@ def _project_numba(scene, camera, near_plane, far_plane, eps2d, sh_degree, limit
     if bad.any():
         raise ValueError(f"the scene has {int(bad.sum())} Gaussian(s) with NaN or Inf parameters "
                          f"(first: index {int(np.flatnonzero(bad)[0])})")
-    ids, *fields = compact_sorted(keep, depths, means2d, conics, colours, opacities)
-    dtype = scene.means.dtype
-    means2d, conics, depths, colours, opacities = (torch.from_numpy(a).to(dtype) for a in fields)
-    return ProjectedGaussians(ids=torch.from_numpy(ids), means2d=means2d, conics=conics, depths=depths,
-                              colours=colours, opacities=opacities)
+    return compact_sorted(keep, depths, means2d, conics, colours, opacities)
 
 
 def render(scene: GaussianScene, camera: Camera, *, background: torch.Tensor | tuple | None = None,
@@ -242,30 +252,47 @@ def render(scene: GaussianScene, camera: Camera, *, background: torch.Tensor | t
         TypeError / ValueError: bad arguments (see :func:`project` and
         :func:`air_core.raster2d.rasterize_to_pixels`).
     """
-    proj = project(scene, camera, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree)
+    _check_scene_camera(scene, camera)
     dtype, device = scene.means.dtype, scene.means.device
     if background is None:
         background = torch.zeros(3, dtype=dtype, device=device)
     background = torch.as_tensor(background, dtype=dtype, device=device)
     if background.shape != (3,):
         raise ValueError(f"background must be 3 RGB values, got shape {list(background.shape)}")
-    colours = torch.cat([proj.colours, proj.depths[:, None]], dim=1)
     background4 = torch.cat([background, background[:1] * 0])
     if _fast_path(scene) and backend in ("auto", "cpu") and bool(torch.isfinite(background).all()):
-        # the numba projection checked the scene and produced valid Gaussians: skip re-validation
+        # no gradient: numba projection and tile kernels on float64 arrays, no tensors in between
+        # (the projection checked the scene and produced valid Gaussians: no re-validation)
+        import numpy as np
+
+        from ..raster2d import check_render_memory
+        from ..raster2d.cpu import render_arrays
+
         tiles = (tile_size, tile_size) if isinstance(tile_size, int) else tuple(tile_size)
         if len(tiles) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in tiles):
             raise ValueError(f"tile_size must be a positive int or a pair of positive ints (h, w), got {tile_size!r}")
-        out = _rasterize(proj.means2d, proj.conics, colours, proj.opacities, background4, camera.width,
-                         camera.height, "alpha", 3 if return_derivatives else 0, "cpu", tiles)
+        limits = _projection_limits(scene, camera, near_plane, far_plane, eps2d, sh_degree)
+        check_render_memory(camera.height, camera.width, 4, 3 if return_derivatives else 0)
+        ids, means2d, conics, depths, colours, opacities = _project_arrays(scene, camera, near_plane, far_plane,
+                                                                           eps2d, sh_degree, limits)
+        image, trans, _, derivs, _ = render_arrays(
+            means2d, conics, np.concatenate([colours, depths[:, None]], axis=1), opacities,
+            background4.to(torch.float64).numpy(), camera.height, camera.width, True, 3 if return_derivatives else 0,
+            tiles, np.float64 if dtype == torch.float64 else np.float32)
+        # (no copies for float32 / float64 scenes; float16 scenes get their dtype back)
+        image, trans = torch.from_numpy(image).to(dtype), torch.from_numpy(trans).to(dtype)
+        derivs = tuple(torch.from_numpy(derivs).to(dtype)) if return_derivatives else (None, None, None)
+        num_visible = int(ids.size)
     else:
+        proj = project(scene, camera, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree)
+        colours = torch.cat([proj.colours, proj.depths[:, None]], dim=1)
         out = rasterize_to_pixels(proj.means2d, proj.conics, colours, proj.opacities, width=camera.width,
                                   height=camera.height, mode="alpha", background=background4,
                                   return_derivatives=return_derivatives, backend=backend, tile_size=tile_size,
                                   derivative_channels=3)
-    alpha = 1.0 - out.transmittance
-    depth = torch.where(alpha > 1e-6, out.image[3] / alpha.clamp_min(1e-6), torch.zeros_like(alpha))
-    derivs = (None, None, None)
-    if return_derivatives:
-        derivs = (out.image_dx, out.image_dy, out.image_dxy)
-    return SplatRenderOutput(out.image[:3], alpha, depth, *derivs, num_visible=int(proj.ids.numel()))
+        image, trans = out.image, out.transmittance
+        derivs = (out.image_dx, out.image_dy, out.image_dxy) if return_derivatives else (None, None, None)
+        num_visible = int(proj.ids.numel())
+    alpha = 1.0 - trans
+    depth = torch.where(alpha > 1e-6, image[3] / alpha.clamp_min(1e-6), torch.zeros_like(alpha))
+    return SplatRenderOutput(image[:3], alpha, depth, *derivs, num_visible=num_visible)
