@@ -156,7 +156,7 @@ def _hermite_1d(values: torch.Tensor, derivatives: torch.Tensor, plan, dim: int)
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _hermite_kernel(f, fx, fy, fxy, i0x, i1x, wx, i0y, i1y, wy):
     """Separable Hermite evaluation on [B*C, h, w] arrays (the no-gradient CPU fast path):
     along x, (f, f_x) -> g and (f_y, f_xy) -> g_y on the h low-res rows, then along y, (g, g_y)."""

@@ -214,8 +214,9 @@ class RenderJob:
         self.transparent = bool(context.scene.render.film_transparent)
         world = context.scene.world
         background = splat_math.linear_to_srgb(world.color) if world is not None else (0.0, 0.0, 0.0)
-        self.bands = splat_math.BandedRender(self.scene, self.camera, self.scale, background, self.transparent,
-                                             band_rows=band_rows)
+        with store.RENDER_LOCK:
+            self.bands = splat_math.BandedRender(self.scene, self.camera, self.scale, background, self.transparent,
+                                                 band_rows=band_rows)
 
     @property
     def total(self) -> int:
@@ -227,7 +228,8 @@ class RenderJob:
 
     def step(self) -> bool:
         """Render the next band; True when all are done."""
-        return self.bands.step()
+        with store.RENDER_LOCK:
+            return self.bands.step()
 
     def store(self, context):
         """Write the finished render into "AIR Render", show it, and return the report message."""

@@ -10,6 +10,7 @@ file is opened). Duplicated objects share the id, hence the scene (instancing).
 from __future__ import annotations
 
 import os
+import threading
 
 import bpy
 
@@ -23,6 +24,9 @@ COUNT_KEY = "air_splat_count"
 SCENES: dict = {}
 #: one cached world-space merged scene: (key, scene)
 _WORLD: dict = {}
+#: held by every render of the add-on (render operator bands, viewport preview worker): they never
+#: run at the same time (the compiled kernels' thread pool is not shared between concurrent callers)
+RENDER_LOCK = threading.Lock()
 
 
 class UserError(Exception):

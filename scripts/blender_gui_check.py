@@ -11,8 +11,9 @@ package also needs ``python3-numpy``, which Blender's own builds bundle)
 What headless ``bpy`` cannot run (no window, no GPU context, no event loop), this script runs inside
 a real Blender session: it installs and enables the add-on zip, points its preferences at a
 site-packages folder that has torch and air_core, imports the donut scene, aims the 3D viewport at
-it, switches the viewport preview on, waits for Blender's draw loop to draw it, and saves a screenshot
-of the window; then it adds a camera and runs ``air.render_splats`` through its UI path (the modal
+it, switches the viewport preview on, waits until the preview's background render is done and
+drawn by the draw handler, checks where the overlay landed, orbits the view and waits for the new
+image (timing the renders and the draw callbacks), and saves screenshots of the viewport; then it adds a camera and runs ``air.render_splats`` through its UI path (the modal
 operator with its timer events and progress bar) at 1/4 resolution, waits for it to finish, saves
 the "AIR Render" image; with ``--enable-event-simulate`` it then starts a full-resolution render
 and cancels it with an Esc key event, checking that the previous image is untouched; and quits. It writes ``OUTDIR/gui_check.json`` with what happened (each step's
@@ -61,7 +62,8 @@ def log(step: str, ok: bool, **info) -> None:
 def finish() -> None:
     REPORT["ok"] = all(s["ok"] for s in REPORT["steps"])
     REPORT["screenshots"] = sorted(f for f in os.listdir(ARGS.out) if f.endswith(".png"))
-    for key in ("without_preview", "with_preview", "with_preview_orbit", "render_started", "old_key"):
+    for key in ("without_preview", "with_preview", "with_preview_orbit", "render_started", "old_key",
+                "wait_started", "draw_callback_ms"):
         REPORT.pop(key, None)
     with open(os.path.join(ARGS.out, "gui_check.json"), "w") as f:
         json.dump(REPORT, f, indent=1)
@@ -170,52 +172,76 @@ def step_before_preview():
     REPORT["without_preview"] = screenshot("viewport_without_preview.png")
     from air_splat import preview, splat_math  # the add-on's modules (legacy install name)
 
-    # time the render that the draw handler runs (splat_math.view_rgba, looked up at call time)
-    render_view = splat_math.view_rgba
+    # time the preview's renders (splat_math.view_rgba, in the worker thread) and the draw callback
+    # itself (what Blender's draw loop waits for)
+    render_view, draw_view = splat_math.view_rgba, preview._draw_view
 
-    def timed_view_rgba(*args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return render_view(*args, **kwargs)
-        finally:
-            REPORT.setdefault("preview_render_ms", []).append(round((time.perf_counter() - t0) * 1e3, 1))
+    def timed(fn, key):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                REPORT.setdefault(key, []).append(round((time.perf_counter() - t0) * 1e3, 1))
+        return wrapper
 
-    splat_math.view_rgba = timed_view_rgba
+    splat_math.view_rgba = timed(render_view, "preview_render_ms")
+    preview._draw_view = timed(draw_view, "draw_callback_ms")
     with override():
         result = bpy.ops.air.toggle_preview()
 
     log("toggle preview on", result == {"FINISHED"} and preview.is_enabled())
     view3d()[1].tag_redraw()
-    return 3.0  # let the draw loop call the handler (it renders inside the draw callback)
+    REPORT["wait_started"] = time.perf_counter()
+    return 0.2
+
+
+def preview_ready(previous_key=None) -> bool:
+    """The preview shows a finished image of a view other than ``previous_key`` and nothing is in flight."""
+    from air_splat import preview
+
+    state = preview._STATE
+    return (state["texture"] is not None and state["key"] is not None and state["key"] != previous_key
+            and not state["renderer"].busy and state["pixels"] is None)
 
 
 def step_preview_drawn():
     from air_splat import preview
 
+    if not preview_ready() and time.perf_counter() - REPORT["wait_started"] < 30 and not preview.message():
+        view3d()[1].tag_redraw()
+        return AGAIN
     path = screenshot("viewport_preview.png")
     REPORT["with_preview"] = path
     state = preview._STATE
-    log("preview drawn by the draw handler", state["texture"] is not None and not preview.message(),
-        message=preview.message(), key_set=state["key"] is not None)
+    log("preview rendered in the background and drawn by the draw handler",
+        state["texture"] is not None and not preview.message(), message=preview.message(),
+        seconds=round(time.perf_counter() - REPORT["wait_started"], 2))
     check_alignment(REPORT["without_preview"], path)
-    # orbit the view: the handler must re-render for the new view
-    old_key = state["key"]
+    # orbit the view: the handler must ask for a new render and draw it
+    REPORT["old_key"] = state["key"]
     with override():
         bpy.ops.view3d.view_orbit(angle=0.5, type="ORBITRIGHT")
     view3d()[1].tag_redraw()
-    REPORT["old_key"] = str(old_key)[:80]
-    return 2.0
+    REPORT["wait_started"] = time.perf_counter()
+    return 0.2
 
 
 def step_preview_orbit():
     from air_splat import preview
 
+    if (not preview_ready(REPORT["old_key"]) and time.perf_counter() - REPORT["wait_started"] < 30
+            and not preview.message()):
+        view3d()[1].tag_redraw()
+        return AGAIN
     path = screenshot("viewport_preview_orbit.png")
     REPORT["with_preview_orbit"] = path
     region = view3d()[2]
-    log("preview re-rendered after orbiting", preview._STATE["texture"] is not None
-        and str(preview._STATE["key"])[:80] != REPORT["old_key"], message=preview.message(),
-        region_px=[region.width, region.height], preview_render_ms=REPORT.get("preview_render_ms"))
+    draws = REPORT.get("draw_callback_ms", [])
+    log("preview re-rendered after orbiting", preview_ready(REPORT["old_key"]) and not preview.message(),
+        message=preview.message(), region_px=[region.width, region.height],
+        preview_render_ms=REPORT.get("preview_render_ms"), draw_callbacks=len(draws),
+        slowest_draw_callback_ms=max(draws) if draws else None)
     with override():
         bpy.ops.air.toggle_preview()
     # a camera aimed at the splats, then the render operator through its UI (modal) path

@@ -362,6 +362,50 @@ def test_viewport_preview_maths_matches_camera_render():
     assert bpy.ops.air.toggle_preview() == {"FINISHED"}
     assert not preview.is_enabled()
 
+    # the preview renders in a worker thread: the same image as view_rgba
+    renderer = preview.PreviewRenderer()
+    renderer.request("k", scene, view, window, W, H, 4)
+    renderer.wait()
+    key, rgba, error = renderer.poll()
+    assert (key, error) == ("k", None) and np.array_equal(rgba, preview_quarter)
+    assert renderer.poll() is None and not renderer.busy
+
+
+def test_preview_renderer_keeps_only_the_newest_view():
+    """Views requested while a render runs replace each other: the newest is rendered next, the ones in
+    between never; a failing render is reported through poll, and the worker goes on."""
+    import threading
+
+    from blender_addon import preview
+
+    started, release = [], threading.Event()
+
+    def fake_render(scene, view, window, width, height, scale):
+        started.append(scene)
+        if scene == "bad":
+            raise ValueError("only perspective views are supported")
+        release.wait(10)
+        return np.full((height, width, 4), float(len(started)), np.float32)
+
+    renderer = preview.PreviewRenderer(render=fake_render)
+    eye = np.eye(4)
+    renderer.request("a", "a", eye, eye, 3, 2, 4)
+    renderer.request("b", "b", eye, eye, 3, 2, 4)
+    renderer.request("c", "c", eye, eye, 3, 2, 4)
+    assert renderer.busy and renderer.requested_key == "c" and renderer.poll() is None
+    release.set()  # "a" finishes, then "c" (not "b") renders; "c" supersedes the uncollected "a"
+    renderer.wait()
+    key, rgba, error = renderer.poll()
+    assert key == "c" and error is None and rgba.shape == (2, 3, 4) and float(rgba[0, 0, 0]) == 2.0
+    assert started == ["a", "c"] and renderer.poll() is None
+    renderer.request("x", "bad", eye, eye, 3, 2, 4)
+    renderer.wait()
+    key, rgba, error = renderer.poll()
+    assert key == "x" and rgba is None and "only perspective" in error
+    renderer.request("d", "d", eye, eye, 3, 2, 4)
+    renderer.wait()
+    assert renderer.poll()[0] == "d"
+
 
 def test_banded_render_equals_one_band():
     """Pure maths: the render done in bands of 7 rows (a short last band) equals the one-band render,

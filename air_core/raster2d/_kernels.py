@@ -25,6 +25,9 @@ Gaussian Splatting Images"): g = -q/2, g_x = -(a dx + b dy), g_y = -(b dx + c dy
 w_x = w g_x, w_y = w g_y, w_xy = w (g_x g_y + g_xy), zero where the weight is clamped. Alpha mode
 uses the front-to-back recurrences on the accumulated alpha A = 1 - T and its derivatives.
 
+The entry points release the GIL (``nogil``), so a render can run in a background thread while
+the calling program goes on (the Blender add-on's viewport preview does).
+
 Backward passes accumulate per-Gaussian gradients in a fixed number of chunk-private buffers that
 are summed in a fixed order, so the result does not depend on the thread count.
 """
@@ -55,7 +58,7 @@ def _extent(a, b, c, o):
     return q, math.sqrt(q * c / det), math.sqrt(q * a / det)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def extents(conics, opacities):
     """Per-Gaussian cut-off Q = 2 ln(255 o) and bounding half-extents (rx, ry) in pixels.
 
@@ -70,7 +73,7 @@ def extents(conics, opacities):
     return qmax, rx, ry
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def prepare(conics, opacities):
     """Everything per Gaussian that a render needs before binning, in one parallel pass: Q, rx, ry
     (see ``extents``) and the traversal constants [N, 6]: 1 / a, det = a c - b^2, a Q, and the
@@ -98,7 +101,7 @@ def prepare(conics, opacities):
     return qmax, rx, ry, consts
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _tile_rects(means, qmax, rx, ry, height, width, tile_h, tile_w):
     """Per Gaussian the tile rectangle its bounding box touches, [N, 4] = (tx0, tx1, ty0, ty1) (an
     empty range when it touches no pixel)."""
@@ -125,7 +128,7 @@ def _tile_rects(means, qmax, rx, ry, height, width, tile_h, tile_w):
     return rect
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def bin_tiles(means, qmax, rx, ry, height, width, tile_h, tile_w):
     """Tile binning: for each tile, the ids of the Gaussians whose bounding box touches it, in
     list order. No cap per tile.
@@ -261,7 +264,7 @@ def _load_gaussian(g, means, conics, opacities, qmax, ry, consts, y0, y1):
             consts[g, 0], consts[g, 1], consts[g, 2], consts[g, 3], consts[g, 4], consts[g, 5])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def forward(means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x, tiles_y,
             height, width, tile_h, tile_w, alpha_mode, want_derivs, image, derivs):
     """Render into the zero-initialised outputs ``image`` [C, H, W] and ``derivs`` [3, D, H, W]
@@ -418,7 +421,7 @@ def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, co
                     derivs[d, ch, i, j] = value
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def backward(means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x, tiles_y,
              height, width, tile_h, tile_w, alpha_mode, trans_final, last, grad_image):
     """Gradients of a scalar loss given dL/dimage [H, W, C].

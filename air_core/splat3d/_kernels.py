@@ -51,7 +51,7 @@ def _add_column(viewmat, m0, m1, m2, gx, gy, u, w, a, b, c):
     return a + t0 * t0, b + t0 * t1, c + t1 * t1
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def project_all(means, log_scales, quats, opacity_logits, sh, degree, viewmat, intr, width, height, near, far, eps2d,
                 limits, center):
     """Project every Gaussian. ``intr`` = (fx, fy, cx, cy), ``limits`` = (x+, x-, y+, y-) of the
@@ -164,7 +164,7 @@ def _radix_argsort_positive(ids, keys):
     return src_ids
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def compact_sorted(keep, depths, means2d, conics, colours, opacities):
     """Kept Gaussians sorted front to back (stable in index order): returns ids [M] and the gathered
     means2d [M, 2], conics [M, 3], depths [M], colours [M, 3], opacities [M] (float64)."""
