@@ -339,12 +339,15 @@ class BandedRender:
                 image = hermite_upscale(image, dx, dy, dxy, size=self.full_size)
                 if self.transparent:
                     image, alpha = image[:3], image[3]
-            if not self.transparent:
-                alpha = torch.ones_like(image[0])
-            rgba = torch.cat([image, alpha[None]], dim=0).clamp(0.0, 1.0)
+            # one [H, W, 4] float32 array written channel by channel, clamped in place (a full-size
+            # frame is large: no intermediate copies)
+            rgba = torch.empty((*image.shape[1:], 4), dtype=torch.float32)
+            rgba[..., :3] = image.permute(1, 2, 0)
+            rgba[..., 3] = alpha if self.transparent else 1.0
+            rgba.clamp_(0.0, 1.0)
             if self.transparent:  # premultiplied: colour never exceeds alpha
-                rgba[:3] = torch.minimum(rgba[:3], rgba[3:])
-        return np.ascontiguousarray(rgba.permute(1, 2, 0).to(device="cpu", dtype=torch.float32).numpy())
+                torch.minimum(rgba[..., :3], rgba[..., 3:], out=rgba[..., :3])
+        return rgba.numpy()
 
 
 def render_rgba(scene, camera, scale: float = 1.0, background: Iterable[float] | None = (0.0, 0.0, 0.0),
