@@ -96,7 +96,7 @@ class PreviewRenderer:
                 raise TimeoutError("the preview render did not finish")
 
 
-_STATE: dict = {"handler": None, "timer": False, "key": None, "texture": None, "pixels": None, "message": "",
+_STATE: dict = {"handler": None, "key": None, "texture": None, "pixels": None, "message": "",
                 "renderer": None}
 
 
@@ -113,15 +113,15 @@ def enable() -> None:
     if _STATE["handler"] is None:
         _STATE["handler"] = bpy.types.SpaceView3D.draw_handler_add(_draw, (), "WINDOW", "POST_PIXEL")
     _STATE.update(key=None, texture=None, pixels=None, message="", renderer=PreviewRenderer())
-    if not _STATE["timer"]:
-        bpy.app.timers.register(_poll, first_interval=POLL_SECONDS)
-        _STATE["timer"] = True
+    if not bpy.app.timers.is_registered(_poll):
+        # persistent: the draw handler outlives loading a .blend file, so must the poll
+        bpy.app.timers.register(_poll, first_interval=POLL_SECONDS, persistent=True)
 
 
 def disable() -> None:
     if _STATE["handler"] is not None:
         bpy.types.SpaceView3D.draw_handler_remove(_STATE["handler"], "WINDOW")
-    if _STATE["timer"] and bpy.app.timers.is_registered(_poll):
+    if bpy.app.timers.is_registered(_poll):
         bpy.app.timers.unregister(_poll)
     renderer = _STATE["renderer"]
     if renderer is not None:  # let a render in flight finish (it holds the render lock)
@@ -129,13 +129,12 @@ def disable() -> None:
             renderer.wait(timeout=30.0)
         except TimeoutError:
             pass
-    _STATE.update(handler=None, timer=False, key=None, texture=None, pixels=None, message="", renderer=None)
+    _STATE.update(handler=None, key=None, texture=None, pixels=None, message="", renderer=None)
 
 
 def _poll():
     """Timer (main thread): collect a finished render and ask the 3D views to redraw."""
     if _STATE["handler"] is None:
-        _STATE["timer"] = False
         return None
     renderer = _STATE["renderer"]
     result = renderer.poll() if renderer is not None else None

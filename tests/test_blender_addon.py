@@ -358,9 +358,9 @@ def test_viewport_preview_maths_matches_camera_render():
     assert bpy.ops.air.toggle_preview() == {"FINISHED"}
     from blender_addon import preview
 
-    assert preview.is_enabled()
+    assert preview.is_enabled() and bpy.app.timers.is_registered(preview._poll)  # the worker's poll
     assert bpy.ops.air.toggle_preview() == {"FINISHED"}
-    assert not preview.is_enabled()
+    assert not preview.is_enabled() and not bpy.app.timers.is_registered(preview._poll)
 
     # the preview renders in a worker thread: the same image as view_rgba
     renderer = preview.PreviewRenderer()
