@@ -79,9 +79,11 @@ def stages(scene, cam, full_size: tuple[int, int], k: float, repeats: int) -> di
         der = np.zeros((3, 3, h, w) if derivs else (3, 0, 0, 0), np.float32)
         row[tag] = timed(lambda: _kernels.forward(means, conics, colours, opac, background, *binning, h, w,
                                                   *TILE_SIZE, True, derivs, image, der), repeats)
-    out = render(scene, low, eps2d=eps2d, return_derivatives=True)
-    row["hermite"] = (timed(lambda: hermite_upscale(out.image, out.image_dx, out.image_dy, out.image_dxy,
-                                                    size=full_size), repeats) if k > 1 else 0.0)
+    row["hermite"] = 0.0
+    if k > 1:  # the upscale's inputs: the low-resolution render with derivatives
+        out = render(scene, low, eps2d=eps2d, return_derivatives=True)
+        row["hermite"] = timed(lambda: hermite_upscale(out.image, out.image_dx, out.image_dy, out.image_dxy,
+                                                       size=full_size), repeats)
     row["pairs"] = int(binning[4].size)
     row["visible"] = int(proj.ids.numel())
     return row
