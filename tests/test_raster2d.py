@@ -129,6 +129,40 @@ def test_cpu_matches_dense(mode, n, height, width, channels, seed):
         assert_rel_close(g_cpu[name], g_dense[name], 1e-9, name)
 
 
+@pytest.mark.parametrize("mode", ["sum", "alpha"])
+def test_cpu_matches_dense_subpixel_gaussians(mode):
+    """Sub-pixel Gaussians, many of which reach 1/255 at one or two pixel centres or at none: the
+    tile kernel visits only the pixel centres inside the analytic bounding boxes and row spans, so
+    a bound that is too tight would drop a term that the dense reference keeps."""
+    means, conics, colours, opacities = random_scene(3000, 40, 50, mode, 7, scale_range=(0.05, 0.6))
+    background = torch.full((3,), 0.25, dtype=F64) if mode == "alpha" else None
+    cpu = rasterize_to_pixels(means, conics, colours, opacities, width=50, height=40, mode=mode,
+                              background=background, backend="cpu")
+    dense = rasterize_to_pixels(means, conics, colours, opacities, width=50, height=40, mode=mode,
+                                background=background, backend="dense")
+    torch.testing.assert_close(cpu.image, dense.image, rtol=0, atol=1e-10)
+    weights = weights_by_hand(means, conics, opacities, 40, 50, 1.0)
+    touched = (weights > 0).sum(axis=(0, 1))
+    assert (touched == 0).sum() > 100 and (touched == 1).sum() > 100  # the cases the bounds decide
+
+
+@pytest.mark.parametrize("sigma, touched", [(0.2, 0), (0.23, 4)])
+def test_cut_off_at_the_pixel_centres_around_a_corner(sigma, touched):
+    """A Gaussian on a pixel corner reaches the 4 nearest centres (at 0.7071 px) only when its
+    cut-off radius sqrt(2 ln(255 o)) sigma exceeds that distance (0.659 px for sigma 0.2, 0.758 for
+    0.23, with o = 0.9)."""
+    means = torch.tensor([[20.0, 12.0]], dtype=F64)
+    conics = torch.tensor([[1 / sigma**2, 0.0, 1 / sigma**2]], dtype=F64)
+    colours = torch.ones(1, 1, dtype=F64)
+    opacities = torch.tensor([0.9], dtype=F64)
+    image = rasterize_to_pixels(means, conics, colours, opacities, width=40, height=24, mode="alpha",
+                                backend="cpu").image[0]
+    assert int((image > 0).sum()) == touched
+    if touched:
+        expected = 0.9 * math.exp(-0.5 * 0.5 / sigma**2)
+        torch.testing.assert_close(image[11:13, 19:21], torch.full((2, 2), expected, dtype=F64), rtol=1e-12, atol=0)
+
+
 def test_cpu_matches_dense_float32_and_tile_sizes():
     means, conics, colours, opacities = random_scene(300, 40, 50, "alpha", 5)
     ref = rasterize_to_pixels(means, conics, colours, opacities, width=50, height=40, mode="alpha",

@@ -13,9 +13,9 @@ colour (C channels) and its opacity o. With d = p - mu and q = d^T Sigma^-1 d:
 
 A term is skipped when v < 1/255, i.e. when q > Q_g = 2 ln(255 o_g). Each Gaussian is visited only
 on the pixels of its ellipse q <= Q_g: tiles give the parallel work units and every image row of a
-tile is clipped to the exact span where the ellipse is crossed (the solution of a quadratic), then
-tested per pixel, so the work is the number of contributing Gaussian-pixel pairs plus a one-pixel
-margin per row. Along a row the weight follows a multiplicative recurrence (see ``_row_start``),
+tile is clipped to the exact span where the ellipse is crossed (the solution of a quadratic; the
+pixel centres within SPAN_EPS of it), then tested per pixel, so the work is the number of
+contributing Gaussian-pixel pairs. Along a row the weight follows a multiplicative recurrence (see ``_row_start``),
 and from row to row the row-start state follows one too (see ``_walk_start``), so a Gaussian
 costs a few exp() in all rather than one per pixel. There is no cap on the number of Gaussians
 per tile. Each tile accumulates in small pixel-major buffers and writes the outputs once.
@@ -45,6 +45,9 @@ ALPHA_CAP = 0.99
 T_STOP = 1e-4
 N_GRAD_CHUNKS = 16  # fixed -> deterministic reduction whatever the thread count
 N_FWD_CHUNKS = 64
+# Pixel centres are kept when they lie within SPAN_EPS pixels of a bounding box or row span (an
+# analytic bound, exact up to rounding); the per-pixel test v >= 1/255 then decides.
+SPAN_EPS = 1e-3
 
 
 @njit(inline="always")
@@ -114,11 +117,11 @@ def _tile_rects(means, qmax, rx, ry, height, width, tile_h, tile_w):
         rect[g, 3] = 0
         if qmax[g] <= 0.0 or not (math.isfinite(means[g, 0]) and math.isfinite(means[g, 1])):
             continue
-        # pixel j is a candidate when |j + 0.5 - mx| <= rx (+1 pixel margin)
-        j0 = max(0, int(math.floor(means[g, 0] - rx[g] - 0.5)))
-        j1 = min(width - 1, int(math.ceil(means[g, 0] + rx[g] - 0.5)))
-        i0 = max(0, int(math.floor(means[g, 1] - ry[g] - 0.5)))
-        i1 = min(height - 1, int(math.ceil(means[g, 1] + ry[g] - 0.5)))
+        # pixel j is a candidate when |j + 0.5 - mx| <= rx (+ SPAN_EPS)
+        j0 = max(0, int(math.ceil(means[g, 0] - rx[g] - 0.5 - SPAN_EPS)))
+        j1 = min(width - 1, int(math.floor(means[g, 0] + rx[g] - 0.5 + SPAN_EPS)))
+        i0 = max(0, int(math.ceil(means[g, 1] - ry[g] - 0.5 - SPAN_EPS)))
+        i1 = min(height - 1, int(math.floor(means[g, 1] + ry[g] - 0.5 + SPAN_EPS)))
         if j0 > j1 or i0 > i1:
             continue
         rect[g, 0] = j0 // tile_w
@@ -171,8 +174,8 @@ def _row_span(mx, my, b, inv_a, det, aq, i, x0, x1):
         return 1, 0
     s = math.sqrt(disc)
     bdy = -b * dy
-    j0 = max(x0, int(math.floor(mx + (bdy - s) * inv_a - 0.5)))
-    j1 = min(x1 - 1, int(math.ceil(mx + (bdy + s) * inv_a - 0.5)))
+    j0 = max(x0, int(math.ceil(mx + (bdy - s) * inv_a - 0.5 - SPAN_EPS)))
+    j1 = min(x1 - 1, int(math.floor(mx + (bdy + s) * inv_a - 0.5 + SPAN_EPS)))
     return j0, j1
 
 
@@ -258,8 +261,8 @@ def _load_gaussian(g, means, conics, opacities, qmax, ry, consts, y0, y1):
     """Gaussian g's mean, conic, cut-off, opacity, its rows [i0, i1] inside [y0, y1) and its
     traversal constants (see ``prepare``)."""
     my = means[g, 1]
-    i0 = max(y0, int(math.floor(my - ry[g] - 0.5)))
-    i1 = min(y1 - 1, int(math.ceil(my + ry[g] - 0.5)))
+    i0 = max(y0, int(math.ceil(my - ry[g] - 0.5 - SPAN_EPS)))
+    i1 = min(y1 - 1, int(math.floor(my + ry[g] - 0.5 + SPAN_EPS)))
     return (means[g, 0], my, conics[g, 0], conics[g, 1], conics[g, 2], qmax[g], opacities[g], i0, i1,
             consts[g, 0], consts[g, 1], consts[g, 2], consts[g, 3], consts[g, 4], consts[g, 5])
 
