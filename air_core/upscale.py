@@ -25,6 +25,7 @@ convention.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import operator
@@ -118,6 +119,7 @@ def _check_output_memory(image: torch.Tensor, out_h: int, out_w: int) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
 def _axis_plan(n_in: int, n_out: int, dtype: torch.dtype,
                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per output pixel along one axis: the cell's two input indices and the four basis weights.
@@ -127,6 +129,8 @@ def _axis_plan(n_in: int, n_out: int, dtype: torch.dtype,
     cell index is exact and t = s - i has one rounding; output pixels that land on a pixel centre get
     exactly the weights (1, 0, 0, 0) or (0, 1, 0, 0). The edge cells are extended to the outer half
     pixel (t down to -(1 - 1/k) / 2, up to 1 + (1 - 1/k) / 2); an axis of size 1 uses f + s f'.
+    Cached (an interactive preview asks for the same plans every frame); callers must not modify
+    the returned tensors.
     """
     u = torch.arange(n_out, dtype=torch.int64)
     numerator = (2 * u + 1) * n_in - n_out
