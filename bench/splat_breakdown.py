@@ -7,11 +7,13 @@ For each orbit view (the cameras of bench/splat_upscale.py) the full-resolution 
 scale k, ``render_upscaled(scene, camera, k)`` are timed whole, and the stages of the same
 low-resolution render are timed separately with the functions the renderer calls:
 
-* ``project``: :func:`air_core.splat3d.render.project` (EWA projection, SH colour, depth sort);
+* ``project``: the no-gradient projection the renderer runs (``air_core.splat3d.render._project_arrays``:
+  EWA projection, SH colour, depth sort);
 * ``bin``: the rasterizer's cut-offs, tile binning and traversal constants
   (``air_core.raster2d.cpu._bin``);
 * ``blend``: the tile kernel (``air_core.raster2d._kernels.forward``) without and with derivatives;
-* ``hermite``: :func:`air_core.upscale.hermite_upscale` to the full size;
+* ``hermite``: the Hermite upscale to the full size as ``render_upscaled`` calls it
+  (``air_core.upscale._hermite``, without the public function's argument checks);
 * ``other``: the whole path minus these stages (tensor conversions, alpha / depth, argument checks).
 
 It also prints two ceilings on the speed-up of the upscaled path over the full render:
@@ -43,8 +45,8 @@ sys.path.insert(0, str(ROOT))
 from air_core.raster2d import _kernels  # noqa: E402
 from air_core.raster2d.cpu import _bin  # noqa: E402
 from air_core.splat3d import load_ply, orbit_cameras_for_scene, render  # noqa: E402
-from air_core.splat3d.render import TILE_SIZE, project  # noqa: E402
-from air_core.upscale import hermite_upscale, low_resolution_eps2d, low_resolution_size, render_upscaled  # noqa: E402
+from air_core.splat3d.render import TILE_SIZE, _project_arrays, _projection_limits  # noqa: E402
+from air_core.upscale import _hermite, low_resolution_eps2d, low_resolution_size, render_upscaled  # noqa: E402
 
 SPLATS = ROOT.parent / "shared" / "data" / "splats"
 SCENES = {"donut": "v3dg_donut_iter30000_fused.ply", "kacytran": "kacytran1122_try_iter7000.ply",
@@ -66,11 +68,11 @@ def stages(scene, cam, full_size: tuple[int, int], k: float, repeats: int) -> di
     h, w = low_resolution_size(*full_size, k)
     low = cam.resized(w, h)
     eps2d = low_resolution_eps2d(0.3, full_size, (h, w))
-    row = {"project": timed(lambda: project(scene, low, eps2d=eps2d), repeats)}
-    proj = project(scene, low, eps2d=eps2d)
-    f64 = lambda t: np.ascontiguousarray(t.to(torch.float64).numpy())  # noqa: E731
-    means, conics, opac = f64(proj.means2d), f64(proj.conics), f64(proj.opacities)
-    colours = f64(torch.cat([proj.colours, proj.depths[:, None]], 1))
+    limits = _projection_limits(scene, low, 0.01, 1e10, eps2d, None)
+    project = lambda: _project_arrays(scene, low, 0.01, 1e10, eps2d, None, limits)  # noqa: E731
+    row = {"project": timed(project, repeats)}
+    ids, means, conics, depths, colours, opac = project()
+    colours = np.concatenate([colours, depths[:, None]], axis=1)
     background = np.zeros(4)
     row["bin"] = timed(lambda: _bin(means, conics, opac, h, w, TILE_SIZE), repeats)
     binning = _bin(means, conics, opac, h, w, TILE_SIZE)
@@ -82,10 +84,10 @@ def stages(scene, cam, full_size: tuple[int, int], k: float, repeats: int) -> di
     row["hermite"] = 0.0
     if k > 1:  # the upscale's inputs: the low-resolution render with derivatives
         out = render(scene, low, eps2d=eps2d, return_derivatives=True)
-        row["hermite"] = timed(lambda: hermite_upscale(out.image, out.image_dx, out.image_dy, out.image_dxy,
-                                                       size=full_size), repeats)
+        row["hermite"] = timed(lambda: _hermite(out.image, out.image_dx, out.image_dy, out.image_dxy, *full_size),
+                               repeats)
     row["pairs"] = int(binning[4].size)
-    row["visible"] = int(proj.ids.numel())
+    row["visible"] = int(ids.size)
     return row
 
 

@@ -163,6 +163,29 @@ def test_cut_off_at_the_pixel_centres_around_a_corner(sigma, touched):
         torch.testing.assert_close(image[11:13, 19:21], torch.full((2, 2), expected, dtype=F64), rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("mode", ["sum", "alpha"])
+def test_kernel_writes_every_output_pixel(mode):
+    """The outputs are allocated without zero-fill: NaN-filled arrays must come back identical to
+    zero-filled ones, including empty tiles and pixels that stopped early."""
+    from air_core.raster2d import _kernels
+    from air_core.raster2d.cpu import _bin
+
+    means, conics, colours, opacities = random_scene(60, 70, 90, mode, 11)
+    means[:, 0] *= 0.5  # the right half of the image stays empty
+    opacities = opacities if opacities is not None else torch.ones(60, dtype=F64)
+    arrays = [t.numpy().copy() for t in (means, conics, colours, opacities)]
+    binning = _bin(arrays[0], arrays[1], arrays[3], 70, 90, (16, 64))
+    outs = []
+    for fill in (0.0, np.nan):
+        image = np.full((3, 70, 90), fill)
+        derivs = np.full((3, 3, 70, 90), fill)
+        _kernels.forward(*arrays, np.full(3, 0.2), *binning, 70, 90, 16, 64, mode == "alpha", True, image, derivs)
+        outs.append((image, derivs))
+    assert np.isfinite(outs[1][0]).all() and np.isfinite(outs[1][1]).all()
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+
+
 def test_cpu_matches_dense_float32_and_tile_sizes():
     means, conics, colours, opacities = random_scene(300, 40, 50, "alpha", 5)
     ref = rasterize_to_pixels(means, conics, colours, opacities, width=50, height=40, mode="alpha",

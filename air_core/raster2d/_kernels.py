@@ -270,9 +270,10 @@ def _load_gaussian(g, means, conics, opacities, qmax, ry, consts, y0, y1):
 @njit(parallel=True, cache=True, nogil=True)
 def forward(means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x, tiles_y,
             height, width, tile_h, tile_w, alpha_mode, want_derivs, image, derivs):
-    """Render into the zero-initialised outputs ``image`` [C, H, W] and ``derivs`` [3, D, H, W]
-    (I_x, I_y, I_xy of the first D <= C channels; any zero-size array when not wanted), whose dtype
-    (float32 or float64) the caller chooses; the blending arithmetic runs in float64.
+    """Render into the outputs ``image`` [C, H, W] and ``derivs`` [3, D, H, W] (I_x, I_y, I_xy of the
+    first D <= C channels; any zero-size array when not wanted), whose dtype (float32 or float64) the
+    caller chooses; the blending arithmetic runs in float64. Every pixel of both is written (they
+    need no initialisation).
 
     Returns transmittance T [H, W] (1 in sum mode) and last [H, W] (index into ``ids`` of the last
     Gaussian blended per pixel, -1 if none; alpha mode), both needed by the backward pass.

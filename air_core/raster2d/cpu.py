@@ -36,9 +36,11 @@ def render_arrays(means: np.ndarray, conics: np.ndarray, colours: np.ndarray, op
     [3, D, H, W] or a zero-size array, binning) as :func:`_kernels.forward` fills them.
     """
     binning = _bin(means, conics, opacities, height, width, tile_size)
-    # outputs are written by the kernel directly in their final layout and dtype
-    image = np.zeros((colours.shape[1], height, width), dtype=out_dtype)
-    derivs = np.zeros((3, deriv_channels, height, width) if deriv_channels else (3, 0, 0, 0), dtype=out_dtype)
+    # outputs are written by the kernel directly in their final layout and dtype; it writes every
+    # pixel (each tile writes its whole rectangle), so they need no zero-fill (a fresh zero-filled
+    # 36 MB derivative array costs ~15 ms of page faults at 1024^2)
+    image = np.empty((colours.shape[1], height, width), dtype=out_dtype)
+    derivs = np.empty((3, deriv_channels, height, width) if deriv_channels else (3, 0, 0, 0), dtype=out_dtype)
     trans, last = _kernels.forward(means, conics, colours, opacities, background, *binning, height, width,
                                    *tile_size, alpha_mode, deriv_channels > 0, image, derivs)
     return image, trans, last, derivs, binning
