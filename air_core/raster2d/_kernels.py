@@ -267,62 +267,139 @@ def _load_gaussian(g, means, conics, opacities, qmax, ry, consts, y0, y1):
             consts[g, 0], consts[g, 1], consts[g, 2], consts[g, 3], consts[g, 4], consts[g, 5])
 
 
-@njit(parallel=True, cache=True, nogil=True)
 def forward(means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x, tiles_y,
             height, width, tile_h, tile_w, alpha_mode, want_derivs, image, derivs):
     """Render into the outputs ``image`` [C, H, W] and ``derivs`` [3, D, H, W] (I_x, I_y, I_xy of the
     first D <= C channels; any zero-size array when not wanted), whose dtype (float32 or float64) the
     caller chooses; the blending arithmetic runs in float64. Every pixel of both is written (they
-    need no initialisation).
+    need no initialisation). Releases the GIL while it runs.
+
+    The common channel counts have their own compiled kernel with the counts as constants (the
+    per-channel loops unrolled, the colours held in registers; 10-20 % faster): C = 4 (3DGS: RGB and
+    depth) with D = 3 or no derivatives, C = 3 (RGB images) with D = 3 or none; other counts use the
+    general kernel. Each is compiled on its first use only (numba caches it on disk).
 
     Returns transmittance T [H, W] (1 in sum mode) and last [H, W] (index into ``ids`` of the last
     Gaussian blended per pixel, -1 if none; alpha mode), both needed by the backward pass.
     """
+    key = (colours.shape[1], derivs.shape[1] if want_derivs else 0)
+    kernel = _FORWARD_KERNELS.get(key, _forward_any)
+    return kernel(means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x, tiles_y,
+                  height, width, tile_h, tile_w, alpha_mode, want_derivs, image, derivs)
+
+
+# One tile function and one parallel entry per channel configuration (C, D): numba compiles a
+# function together with every function it calls, so the configurations live in separate entry
+# points that ``forward`` picks, and a program compiles only those it uses. The parallel loop only
+# dispatches tiles: a static schedule over chunks, chunk c taking tiles c, c + n, c + 2n, ... so that
+# each thread gets tiles from all over the image (tiles differ a lot in cost).
+
+@njit(cache=True, nogil=True)
+def _tile_any(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids,
+              tiles_x, height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs, nch, nder):
+    _tile_body(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids,
+               tiles_x, height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs, nch, nder)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _forward_any(means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x, tiles_y,
+                 height, width, tile_h, tile_w, alpha_mode, want_derivs, image, derivs):
+    nch = colours.shape[1]
+    nder = derivs.shape[1] if want_derivs else 0
     trans = np.ones((height, width))
     last = np.full((height, width), -1, dtype=np.int64)
-    nt = tiles_x * tiles_y
-    # static schedule over chunks; chunk c takes tiles c, c + n, c + 2n, ... so that each thread gets
-    # tiles from all over the image (tiles differ a lot in cost)
     for chunk in prange(N_FWD_CHUNKS):
-        for t in range(chunk, nt, N_FWD_CHUNKS):
-            _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x,
-                          height, width, tile_h, tile_w, alpha_mode, want_derivs, image, trans, last, derivs)
+        for t in range(chunk, tiles_x * tiles_y, N_FWD_CHUNKS):
+            _tile_any(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids,
+                      tiles_x, height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs, nch, nder)
     return trans, last
 
 
-@njit(cache=True)
-def _forward_tile(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x,
-                  height, width, tile_h, tile_w, alpha_mode, want_derivs, image, trans, last, derivs):
-    """Render tile t into the output arrays (the parallel loop only dispatches tiles).
+@njit(cache=True, nogil=True)
+def _tile_c4_d3(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids,
+                tiles_x, height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs):
+    _tile_body(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids,
+               tiles_x, height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs, 4, 3)
 
-    The common channel counts get their own copy of the tile body with the counts as constants (the
-    per-channel loops unrolled, the colours held in registers; 10-15 % faster): C = 4 (3DGS: RGB and
-    depth) with D = 3 or no derivatives, C = 3 (RGB images) with D = 3 or none.
-    """
-    nch = colours.shape[1]
-    nder = derivs.shape[1] if want_derivs else 0
-    if nch == 4 and nder == 3:
-        _tile_body(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x,
-                   height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs, 4, 3)
-    elif nch == 4 and nder == 0:
-        _tile_body(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x,
-                   height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs, 4, 0)
-    elif nch == 3 and nder == 3:
-        _tile_body(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x,
-                   height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs, 3, 3)
-    elif nch == 3 and nder == 0:
-        _tile_body(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x,
-                   height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs, 3, 0)
-    else:
-        _tile_body(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x,
-                   height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs, nch, nder)
+
+@njit(parallel=True, cache=True, nogil=True)
+def _forward_c4_d3(means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x, tiles_y,
+                   height, width, tile_h, tile_w, alpha_mode, want_derivs, image, derivs):
+    trans = np.ones((height, width))
+    last = np.full((height, width), -1, dtype=np.int64)
+    for chunk in prange(N_FWD_CHUNKS):
+        for t in range(chunk, tiles_x * tiles_y, N_FWD_CHUNKS):
+            _tile_c4_d3(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids,
+                        tiles_x, height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs)
+    return trans, last
+
+
+@njit(cache=True, nogil=True)
+def _tile_c4_d0(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids,
+                tiles_x, height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs):
+    _tile_body(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids,
+               tiles_x, height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs, 4, 0)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _forward_c4_d0(means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x, tiles_y,
+                   height, width, tile_h, tile_w, alpha_mode, want_derivs, image, derivs):
+    trans = np.ones((height, width))
+    last = np.full((height, width), -1, dtype=np.int64)
+    for chunk in prange(N_FWD_CHUNKS):
+        for t in range(chunk, tiles_x * tiles_y, N_FWD_CHUNKS):
+            _tile_c4_d0(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids,
+                        tiles_x, height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs)
+    return trans, last
+
+
+@njit(cache=True, nogil=True)
+def _tile_c3_d3(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids,
+                tiles_x, height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs):
+    _tile_body(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids,
+               tiles_x, height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs, 3, 3)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _forward_c3_d3(means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x, tiles_y,
+                   height, width, tile_h, tile_w, alpha_mode, want_derivs, image, derivs):
+    trans = np.ones((height, width))
+    last = np.full((height, width), -1, dtype=np.int64)
+    for chunk in prange(N_FWD_CHUNKS):
+        for t in range(chunk, tiles_x * tiles_y, N_FWD_CHUNKS):
+            _tile_c3_d3(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids,
+                        tiles_x, height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs)
+    return trans, last
+
+
+@njit(cache=True, nogil=True)
+def _tile_c3_d0(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids,
+                tiles_x, height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs):
+    _tile_body(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids,
+               tiles_x, height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs, 3, 0)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _forward_c3_d0(means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x, tiles_y,
+                   height, width, tile_h, tile_w, alpha_mode, want_derivs, image, derivs):
+    trans = np.ones((height, width))
+    last = np.full((height, width), -1, dtype=np.int64)
+    for chunk in prange(N_FWD_CHUNKS):
+        for t in range(chunk, tiles_x * tiles_y, N_FWD_CHUNKS):
+            _tile_c3_d0(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids,
+                        tiles_x, height, width, tile_h, tile_w, alpha_mode, image, trans, last, derivs)
+    return trans, last
+
+
+_FORWARD_KERNELS = {(4, 3): _forward_c4_d3, (4, 0): _forward_c4_d0, (3, 3): _forward_c3_d3,
+                    (3, 0): _forward_c3_d0}
 
 
 @njit(inline="always")
 def _tile_body(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x, height,
                width, tile_h, tile_w, alpha_mode, image, trans, last, derivs, nch, nder):
-    """Tile t of ``_forward_tile`` with C = ``nch`` channels and derivatives of the first ``nder``
-    (0: none). The tile accumulates in float64 buffers laid out pixel-major (all values of one pixel
+    """Render tile t into the output arrays, with C = ``nch`` channels and derivatives of the first
+    ``nder`` (0: none). The tile accumulates in float64 buffers laid out pixel-major (all values of one pixel
     side by side, so a blended pixel touches one or two cache lines) and writes the outputs once at
     the end."""
     want_derivs = nder > 0
