@@ -6,7 +6,7 @@ Blender as a Python module (bpy 5.0.1, no display): the add-on is registered, th
 File > Import > 3D Gaussian Splatting, a 35 mm perspective camera placed in front of it (Blender
 convention, looking at the scene's trimmed centre from -Y, a little above), scene resolution
 1920x1080 at 100%, world colour black. ``bpy.ops.air.render_splats(scale=k)`` is timed (median of
-``--repeats`` runs after a warm-up; the time includes everything the operator does: the world-space
+``--repeats`` runs after a warm-up, the scales interleaved round by round; the time includes everything the operator does: the world-space
 merge of the splat objects, the render, the upscale and writing the Image datablock) and the
 "AIR Render" image's pixels are compared with the full-resolution one (PSNR over the frame, colours in
 [0, 1]). Results: bench/results/blender_render.json.
@@ -70,19 +70,23 @@ def main() -> None:
     scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 1920, 1080, 100
     bpy.context.view_layer.update()
 
-    rows, full = [], None
-    for scale in ("1", "2", "3", "4"):
-        times = []
+    scales = ("1", "2", "3", "4")
+    times = {scale: [] for scale in scales}
+    for scale in scales:
         bpy.ops.air.render_splats(scale=scale)  # warm-up
-        for _ in range(args.repeats):
+    for _ in range(args.repeats):  # interleaved: round r renders every scale once
+        for scale in scales:
             t0 = time.perf_counter()
             assert bpy.ops.air.render_splats(scale=scale) == {"FINISHED"}
-            times.append(time.perf_counter() - t0)
+            times[scale].append(time.perf_counter() - t0)
+    rows, full = [], None
+    for scale in scales:
+        assert bpy.ops.air.render_splats(scale=scale) == {"FINISHED"}
         pixels = image_pixels()
         if full is None:
             full = pixels
         mse = float(np.mean((pixels.astype(np.float64) - full) ** 2))
-        row = {"scale": f"1/{scale}" if scale != "1" else "full", "time_s": statistics.median(times),
+        row = {"scale": f"1/{scale}" if scale != "1" else "full", "time_s": statistics.median(times[scale]),
                "psnr_db": math.inf if mse == 0 else 10 * math.log10(1.0 / mse)}
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -6,7 +6,9 @@
 For every real scene in ../shared/data/splats, ``--views`` orbit cameras
 (:func:`air_core.splat3d.orbit_cameras_for_scene`, 40 degree vertical field of view, 20 degree
 elevation, black background) and each square output size, all measured side by side in one run on
-this machine's CPU (all cores), float32 scenes, medians of ``--repeats`` runs after one warm-up:
+this machine's CPU (all cores), float32 scenes, medians of ``--repeats`` runs after one warm-up; the
+timed calls of a view run interleaved (round r runs every method once), so that the VM's drift
+within a view affects all of them alike:
 
 * ``full``: the full-resolution render (RGB, alpha, depth), no derivatives;
 * ``full+deriv``: the same with I_x, I_y, I_xy (the derivative overhead);
@@ -51,14 +53,17 @@ SCENES = {"donut": "v3dg_donut_iter30000_fused.ply", "kacytran": "kacytran1122_t
 QUALITY_METHODS = ("hermite", "hermite-fd", "bicubic", "bilinear")
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    result = fn()  # warm-up (and JIT compile on first use)
-    times = []
+def timed_together(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Median seconds per named call, the calls interleaved round by round after one warm-up each
+    (which also JIT-compiles on first use); returns (times, the last result of each)."""
+    results = {name: fn() for name, fn in fns.items()}
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}, results
 
 
 def masked_psnr(img: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> float:
@@ -85,16 +90,18 @@ def main() -> None:
             cams = orbit_cameras_for_scene(scene, args.views, width=size, height=size)
             for v, cam in enumerate(cams):
                 row = {"scene": key, "size": size, "view": v}
-                row["full_s"], full = timed(lambda: render(scene, cam), args.repeats)
-                row["full_deriv_s"], _ = timed(lambda: render(scene, cam, return_derivatives=True), args.repeats)
+                calls = {"full_s": lambda: render(scene, cam),
+                         "full_deriv_s": lambda: render(scene, cam, return_derivatives=True)}
+                for k in args.scales:
+                    for m in ("hermite", "bicubic"):
+                        calls[f"x{k:g}_{m}_s"] = lambda k=k, m=m: render_upscaled(scene, cam, k, method=m)
+                times, outputs = timed_together(calls, args.repeats)
+                row.update(times)
+                full = outputs["full_s"]
                 ref = full.image.clamp(0, 1)
                 mask = full.alpha > 0.05
                 for k in args.scales:
                     tag = f"x{k:g}"
-                    row[f"{tag}_hermite_s"], _ = timed(
-                        lambda: render_upscaled(scene, cam, k, method="hermite"), args.repeats)
-                    row[f"{tag}_bicubic_s"], _ = timed(
-                        lambda: render_upscaled(scene, cam, k, method="bicubic"), args.repeats)
                     results = render_upscaled(scene, cam, k, method=QUALITY_METHODS)
                     for m in QUALITY_METHODS:
                         img = results[m].clamp(0, 1)
