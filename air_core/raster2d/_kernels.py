@@ -15,9 +15,9 @@ A term is skipped when v < 1/255, i.e. when q > Q_g = 2 ln(255 o_g). Each Gaussi
 on the pixels of its ellipse q <= Q_g: tiles give the parallel work units and every image row of a
 tile is clipped to the exact span where the ellipse is crossed (the solution of a quadratic; the
 pixel centres within SPAN_EPS of it), then tested per pixel, so the work is the number of
-contributing Gaussian-pixel pairs. Along a row the weight follows a multiplicative recurrence (see ``_row_start``),
-and from row to row the row-start state follows one too (see ``_walk_start``), so a Gaussian
-costs a few exp() in all rather than one per pixel. There is no cap on the number of Gaussians
+contributing Gaussian-pixel pairs. Along a row the weight follows a multiplicative recurrence (see
+``_row_start``), and from row to row the row-start state follows one too (see ``_walk_start``), so
+a Gaussian costs a few exp() in all rather than one per pixel. There is no cap on the number of Gaussians
 per tile. Each tile accumulates in small pixel-major buffers and writes the outputs once.
 
 Image-space derivatives (Niedermayr et al. 2025, "Lightweight Gradient-Aware Upscaling of 3D
@@ -399,9 +399,9 @@ _FORWARD_KERNELS = {(4, 3): _forward_c4_d3, (4, 0): _forward_c4_d0, (3, 3): _for
 def _tile_body(t, means, conics, colours, opacities, background, qmax, ry, consts, offsets, ids, tiles_x, height,
                width, tile_h, tile_w, alpha_mode, image, trans, last, derivs, nch, nder):
     """Render tile t into the output arrays, with C = ``nch`` channels and derivatives of the first
-    ``nder`` (0: none). The tile accumulates in float64 buffers laid out pixel-major (all values of one pixel
-    side by side, so a blended pixel touches one or two cache lines) and writes the outputs once at
-    the end."""
+    ``nder`` (0: none). The tile accumulates in float64 buffers laid out pixel-major (all values of
+    one pixel side by side, so a blended pixel touches one or two cache lines) and writes the
+    outputs once at the end."""
     want_derivs = nder > 0
     cap = ALPHA_CAP if alpha_mode else 1.0
     x0, y0, x1, y1 = _tile_rect(t, tiles_x, tile_h, tile_w, height, width)
