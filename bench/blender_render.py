@@ -1,15 +1,16 @@
 """Benchmark: the Blender add-on's render operator at 1920x1080 on the donut, full vs 1/2, 1/3, 1/4.
 
-    .venv/bin/python bench/blender_render.py [--repeats 3] [--scene ../shared/data/splats/...ply]
+    .venv/bin/python bench/blender_render.py [--repeats 9] [--scene ../shared/data/splats/...ply]
 
 Blender as a Python module (bpy 5.0.1, no display): the add-on is registered, the scene imported with
 File > Import > 3D Gaussian Splatting, a 35 mm perspective camera placed in front of it (Blender
 convention, looking at the scene's trimmed centre from -Y, a little above), scene resolution
 1920x1080 at 100%, world colour black. ``bpy.ops.air.render_splats(scale=k)`` is timed (median of
-``--repeats`` runs after a warm-up, the scales interleaved round by round; the time includes everything the operator does: the world-space
-merge of the splat objects, the render, the upscale and writing the Image datablock) and the
-"AIR Render" image's pixels are compared with the full-resolution one (PSNR over the frame, colours in
-[0, 1]). Results: bench/results/blender_render.json.
+``--repeats`` runs after a warm-up, the scales interleaved round by round; the time includes
+everything the operator does: the world-space merge of the splat objects, the render, the upscale
+and writing the Image datablock) and the "AIR Render" image's pixels are compared with the
+full-resolution one (PSNR over the frame, colours in [0, 1]). Results:
+bench/results/blender_render.json.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def image_pixels() -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--scene", default=str(DONUT))
     args = parser.parse_args()
     bpy.ops.wm.read_factory_settings(use_empty=True)

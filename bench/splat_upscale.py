@@ -1,7 +1,7 @@
 """Benchmark: 3DGS full-resolution render vs low-resolution render + upscaling, speed and quality.
 
     .venv/bin/python bench/splat_upscale.py [--scenes donut kacytran tandt fruit] [--views 8]
-        [--sizes 512 1024] [--scales 2 4] [--repeats 3]
+        [--sizes 512 1024] [--scales 2 4] [--repeats 9]
 
 For every real scene in ../shared/data/splats, ``--views`` orbit cameras
 (:func:`air_core.splat3d.orbit_cameras_for_scene`, 40 degree vertical field of view, 20 degree
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--scales", type=float, nargs="+", default=[2.0, 4.0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
