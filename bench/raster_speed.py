@@ -113,7 +113,7 @@ def time_render(n: int, mode: str, repeats: int, backend: str = "cpu") -> dict:
             both.append(t2 - t0)
     m64 = means.double().numpy()
     c64 = conics.double().numpy()
-    qmax, rx, ry = _kernels.extents(c64, op.double().numpy())
+    qmax, rx, ry, _ = _kernels.prepare(c64, op.double().numpy())
     pairs = _count_pairs(m64, c64, qmax, rx, ry, H, W)
     return {"n": n, "mode": mode, "forward_ms": 1e3 * statistics.median(fwd),
             "forward_backward_ms": 1e3 * statistics.median(both), "pairs": int(pairs)}

@@ -61,28 +61,14 @@ def _extent(a, b, c, o):
     return q, math.sqrt(q * c / det), math.sqrt(q * a / det)
 
 
-@njit(cache=True, nogil=True)
-def extents(conics, opacities):
-    """Per-Gaussian cut-off Q = 2 ln(255 o) and bounding half-extents (rx, ry) in pixels.
-
-    Returns Q [N] (negative when the Gaussian never reaches 1/255), rx [N], ry [N].
-    """
-    n = conics.shape[0]
-    qmax = np.empty(n)
-    rx = np.empty(n)
-    ry = np.empty(n)
-    for g in range(n):
-        qmax[g], rx[g], ry[g] = _extent(conics[g, 0], conics[g, 1], conics[g, 2], opacities[g])
-    return qmax, rx, ry
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def prepare(conics, opacities):
-    """Everything per Gaussian that a render needs before binning, in one parallel pass: Q, rx, ry
-    (see ``extents``) and the traversal constants [N, 6]: 1 / a, det = a c - b^2, a Q, and the
-    recurrence factors exp(-a), exp(-b), exp(-c) (-1 where a recurrence is not used: exp(-a) needs
-    a <= RECURRENCE_MAX_A, the row-to-row walker needs both a and c <= RECURRENCE_MAX_A; see
-    ``_walk_start``)."""
+    """Everything per Gaussian that a render needs before binning, in one parallel pass: the cut-off
+    Q = 2 ln(255 o) [N] (negative when the Gaussian never reaches 1/255), the bounding half-extents
+    rx, ry [N] in pixels (see ``_extent``) and the traversal constants [N, 6]: 1 / a,
+    det = a c - b^2, a Q, and the recurrence factors exp(-a), exp(-b), exp(-c) (-1 where a
+    recurrence is not used: exp(-a) needs a <= RECURRENCE_MAX_A, the row-to-row walker needs both a
+    and c <= RECURRENCE_MAX_A; see ``_walk_start``)."""
     n = conics.shape[0]
     qmax = np.empty(n)
     rx = np.empty(n)
